@@ -1,0 +1,1 @@
+"""monai_cnf.engines (being written)."""

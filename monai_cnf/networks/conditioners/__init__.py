@@ -1,0 +1,1 @@
+"""monai_cnf.networks.conditioners (being written)."""

@@ -1,0 +1,1 @@
+"""monai_cnf.networks.flows (being written)."""

@@ -1,0 +1,1 @@
+"""monai_cnf.tracking (being written)."""

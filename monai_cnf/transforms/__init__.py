@@ -1,0 +1,1 @@
+"""monai_cnf.transforms (being written)."""
