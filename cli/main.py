@@ -1,19 +1,290 @@
-"""Entry point of the ``cnf`` command. Heavy imports (torch, monai, mlflow) happen inside commands."""
+"""Entry point of the ``cnf`` command (console script ``cnf = monai_cnf.cli.main:app``).
+
+Each command is a few lines that call ``monai_cnf.cli._run`` / ``_sample`` / ``_verify`` / ``_ui``; torch, MONAI
+and MLflow are imported inside the commands so that ``cnf --help`` answers at once.
+"""
 
 from __future__ import annotations
 
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from monai_cnf.cli._errors import STATE, handle_errors, setup_logging
+
+__all__ = ["app", "bundle_app"]
 
 app = typer.Typer(
     name="cnf",
-    help="Conditional normalizing flows for MONAI: train, sample, evaluate and calibrate bundles.",
+    help="Conditional normalizing flows for MONAI: train, sample, evaluate and verify bundles, tracked in MLflow.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
 )
+bundle_app = typer.Typer(
+    help="Bundle utilities.", no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]}
+)
+app.add_typer(bundle_app, name="bundle", rich_help_panel="Bundles")
 
 
-@app.command()
+class Model(str, Enum):
+    """The model a bundle trains: the conditional normalizing flow or the factored baseline."""
+
+    cnf = "cnf"
+    factored = "factored"
+
+
+class Preset(str, Enum):
+    """``auto``: ``cpu`` on a CPU device, ``paper`` on a GPU."""
+
+    auto = "auto"
+    cpu = "cpu"
+    paper = "paper"
+
+
+class Split(str, Enum):
+    test = "test"
+    validation = "validation"
+    training = "training"
+
+
+BundleArg = Annotated[
+    Path, typer.Argument(help="Bundle folder, e.g. bundles/drive_vessel.", show_default=False, file_okay=True)
+]
+Data = "Data"
+Run = "Run"
+Track = "Tracking"
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        help="MLflow store. Default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns.db.", rich_help_panel=Track
+    ),
+]
+Experiment = Annotated[
+    str | None, typer.Option(help="MLflow experiment. Default: the bundle name.", rich_help_panel=Track)
+]
+RunName = Annotated[str | None, typer.Option(help="MLflow run name.", rich_help_panel=Track)]
+RunDir = Annotated[
+    Path | None,
+    typer.Option(help="Run folder (checkpoints, config, logs). Default: runs/<bundle>-<model>.", rich_help_panel=Run),
+]
+Device = Annotated[
+    str | None, typer.Option(help="cpu, cuda or cuda:N. Default: cuda when available.", rich_help_panel=Run)
+]
+ModelOpt = Annotated[Model, typer.Option(help="CNF or the factored baseline.", rich_help_panel=Run)]
+PresetOpt = Annotated[Preset, typer.Option(help="Config preset overlay (cpu.json / paper).", rich_help_panel=Run)]
+DatasetDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="Dataset folder (e.g. DRIVE). Default: the bundle's embedded default (synthetic / scikit-image).",
+        exists=True,
+        file_okay=False,
+        rich_help_panel=Data,
+    ),
+]
+Override = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--override",
+        "-o",
+        help="key=value config override (repeatable; '#' separates nested keys; values parsed as JSON).",
+        rich_help_panel=Run,
+    ),
+]
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show library logs and full tracebacks.")] = False,
+) -> None:
+    """Conditional normalizing flows for MONAI."""
+    STATE["verbose"] = verbose or os.environ.get("CNF_VERBOSE", "") not in ("", "0")
+
+
+def _table(title: str, rows: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("item")
+    table.add_column("value", overflow="fold")
+    for k, v in (metrics or {}).items():
+        table.add_row(f"[cyan]{k}[/]", f"{v:.6g}")
+    for k, v in rows.items():
+        table.add_row(k, str(v))
+    Console().print(table)
+
+
+@app.command(rich_help_panel="Run")
+@handle_errors
+def train(
+    bundle: BundleArg,
+    dataset_dir: DatasetDir = None,
+    max_epochs: Annotated[int | None, typer.Option(help="Epochs (default: the bundle's).", rich_help_panel=Run)] = None,
+    device: Device = None,
+    model: ModelOpt = Model.cnf,
+    preset: PresetOpt = Preset.auto,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --run-dir (same MLflow run).", rich_help_panel=Run)
+    ] = False,
+    override: Override = None,
+    tracking_uri: TrackingUri = None,
+    experiment: Experiment = None,
+    run_name: RunName = None,
+    run_dir: RunDir = None,
+) -> None:
+    """Train a bundle (MONAI ConfigWorkflow over train.json + overlays), tracked in MLflow."""
+    from monai_cnf.cli._run import run_training
+
+    setup_logging(STATE["verbose"])
+    r = run_training(
+        bundle,
+        dataset_dir=dataset_dir,
+        max_epochs=max_epochs,
+        device=device,
+        model=model.value,
+        preset=preset.value,
+        resume=resume,
+        overrides=override or [],
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        run_name=run_name,
+        run_dir=run_dir,
+    )
+    _table(f"cnf train {r.bundle}: {r.run_dir}", r.info, r.metrics)
+
+
+@app.command(rich_help_panel="Run")
+@handle_errors
+def sample(
+    bundle: BundleArg,
+    input: Annotated[
+        Path, typer.Option("--input", "-i", help="Input image x.", exists=True, dir_okay=False, show_default=False)
+    ],
+    output: Annotated[Path, typer.Option("--output", help="Output folder.")] = Path("samples"),
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Weights (.pt). Default: --run-dir's best/latest, else models/model.pt.", dir_okay=False),
+    ] = None,
+    run_dir: RunDir = None,
+    num_samples: Annotated[int, typer.Option(help="N samples.")] = 8,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature tau.")] = 0.8,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: Device = None,
+    override: Override = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace files already in --output.")] = False,
+) -> None:
+    """Draw N samples of p(y|x) for one image; write samples, mean and std maps as PNG and NIfTI."""
+    from monai_cnf.cli._sample import run_sampling
+
+    setup_logging(STATE["verbose"])
+    r = run_sampling(
+        bundle,
+        input_path=input,
+        output=output,
+        checkpoint=checkpoint,
+        run_dir=run_dir,
+        num_samples=num_samples,
+        temperature=temperature,
+        seed=seed,
+        device=device,
+        overrides=override or [],
+        overwrite=overwrite,
+    )
+    _table(f"cnf sample: {r.output}", {**r.info, **{name: f"shape {shape}" for name, shape in r.files.items()}})
+
+
+@app.command(rich_help_panel="Run")
+@handle_errors
+def evaluate(
+    bundle: BundleArg,
+    split: Annotated[Split, typer.Option(help="Dataset split.", rich_help_panel=Data)] = Split.test,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Weights. Default: --run-dir's best/latest, else models/model.pt.", rich_help_panel=Run),
+    ] = None,
+    run_dir: RunDir = None,
+    dataset_dir: DatasetDir = None,
+    num_samples: Annotated[int | None, typer.Option(help="Samples per image.", rich_help_panel=Run)] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.", rich_help_panel=Run)] = None,
+    device: Device = None,
+    model: ModelOpt = Model.cnf,
+    preset: PresetOpt = Preset.auto,
+    override: Override = None,
+    tracking_uri: TrackingUri = None,
+    experiment: Experiment = None,
+    run_name: RunName = None,
+) -> None:
+    """Evaluate a checkpoint on a split with the bundle's metrics; logged to MLflow, linked to its training run."""
+    from monai_cnf.cli._run import run_evaluation
+
+    setup_logging(STATE["verbose"])
+    r = run_evaluation(
+        bundle,
+        split=split.value,
+        checkpoint=checkpoint,
+        run_dir=run_dir,
+        dataset_dir=dataset_dir,
+        device=device,
+        model=model.value,
+        preset=preset.value,
+        num_samples=num_samples,
+        temperature=temperature,
+        overrides=override or [],
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        run_name=run_name,
+    )
+    _table(f"cnf evaluate {r.bundle} ({split.value})", r.info, r.metrics)
+
+
+@app.command(rich_help_panel="Tracking")
+@handle_errors
+def ui(
+    tracking_uri: TrackingUri = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    print_command: Annotated[bool, typer.Option(help="Only print the mlflow command.")] = False,
+) -> None:
+    """Open the MLflow UI on the project's store (bound to 127.0.0.1, artifacts from ./mlartifacts)."""
+    import shlex
+    import subprocess
+
+    from monai_cnf.cli._ui import ui_command
+
+    from monai_cnf.tracking.utils import resolve_tracking_uri
+
+    cmd = ui_command(resolve_tracking_uri(tracking_uri), port)
+    typer.echo(shlex.join(cmd) if print_command else f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C to stop)")
+    if not print_command:
+        raise typer.Exit(subprocess.call(cmd))
+
+
+@bundle_app.command("verify")
+@handle_errors
+def bundle_verify(bundle: BundleArg) -> None:
+    """Offline checks: metadata fields, configs parse, networks build, a forward pass at the declared shape."""
+    from monai_cnf.cli._bundle import load_bundle
+    from monai_cnf.cli._verify import verify_bundle
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = verify_bundle(load_bundle(bundle))
+    table = Table(title=f"cnf bundle verify {bundle}", header_style="bold")
+    for col in ("check", "ok", "detail"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r.name, "[green]pass[/]" if r.ok else "[red]FAIL[/]", r.detail)
+    Console().print(table)
+    failed = [r.name for r in rows if not r.ok]
+    if failed:
+        typer.secho(f"Error: {len(failed)} check(s) failed: {', '.join(failed)}.", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+
+
+@app.command(rich_help_panel="Tracking")
 def version() -> None:
     """Print the installed monai_cnf version."""
     from monai_cnf import __version__

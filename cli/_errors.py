@@ -1,0 +1,107 @@
+"""One-line errors for the ``cnf`` commands (a traceback only with ``cnf --verbose``), and the global options."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+__all__ = ["STATE", "CLIError", "error_line", "handle_errors", "setup_logging"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Global options set by the ``cnf`` callback (``--verbose``).
+STATE: dict[str, Any] = {"verbose": os.environ.get("CNF_VERBOSE", "") not in ("", "0")}
+
+_MAX_LINE = 600
+
+
+class CLIError(Exception):
+    """A user-facing error: its message is printed as one line and the command exits with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of a ``raise ... from`` chain (MONAI wraps config errors in RuntimeErrors)."""
+    seen = {id(err)}
+    while True:
+        nxt = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+        if nxt is None or id(nxt) in seen:
+            return err
+        seen.add(id(nxt))
+        err = nxt
+
+
+def error_line(err: BaseException) -> str:
+    """One line describing ``err``: a ``CLIError``'s message, else the root cause as ``Type: message``.
+
+    >>> error_line(ValueError("bad\\n  value"))
+    'ValueError: bad value'
+    """
+    if not isinstance(err, CLIError):
+        root = _root_cause(err)
+        if isinstance(root, CLIError):
+            err = root
+        else:
+            msg = str(root) or repr(root)
+            if isinstance(root, KeyError):  # str(KeyError) is the quoted key
+                msg = f"missing key {msg}"
+            text = f"{type(root).__name__}: {msg}"
+            return _one_line(text)
+    return _one_line(str(err))
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_LINE else text[: _MAX_LINE - 3] + "..."
+
+
+def handle_errors(func: F) -> F:
+    """Run a command; on failure print ``Error: <one line>`` to stderr and exit non-zero (re-raise with --verbose)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            typer.secho("Error: interrupted.", fg=typer.colors.RED, err=True)
+            raise typer.Exit(130) from None
+        except Exception as err:
+            if STATE["verbose"]:
+                raise
+            typer.secho(f"Error: {error_line(err)}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(err.exit_code if isinstance(err, CLIError) else 1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(verbose: bool) -> None:
+    """Rich log lines on stderr: INFO for monai_cnf (e.g. "no dataset_dir: training on synthetic data"),
+    WARNING for other libraries; everything at INFO with ``--verbose``."""
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=verbose)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, RichHandler):
+            root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("monai_cnf").setLevel(logging.INFO)
+    if not verbose:
+        import warnings
+
+        # set-up chatter that says nothing about the run
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", message="tqdm is not installed")

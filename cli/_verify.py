@@ -1,0 +1,165 @@
+"""``cnf bundle verify``: offline checks of a bundle (no schema download, unlike ``monai.bundle verify_metadata``)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from monai_cnf.cli._bundle import Bundle, compose_config_files
+
+__all__ = ["REQUIRED_IO_FIELDS", "REQUIRED_METADATA", "Check", "verify_bundle"]
+
+#: Top-level fields of MONAI's model-zoo metadata schema that the bundles must fill.
+REQUIRED_METADATA = (
+    "schema",
+    "version",
+    "changelog",
+    "monai_version",
+    "pytorch_version",
+    "numpy_version",
+    "required_packages_version",
+    "task",
+    "description",
+    "authors",
+    "copyright",
+    "network_data_format",
+)
+#: Fields of ``network_data_format.inputs.image`` / ``outputs.pred``.
+REQUIRED_IO_FIELDS = ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range")
+
+
+@dataclass
+class Check:
+    """One row of the verification table."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def _io(metadata: dict[str, Any], side: str, key: str) -> dict[str, Any]:
+    return metadata.get("network_data_format", {}).get(side, {}).get(key, {}) or {}
+
+
+def check_metadata(bundle: Bundle) -> list[Check]:
+    md = bundle.metadata
+    missing = [k for k in REQUIRED_METADATA if k not in md or md[k] in (None, "", {}, [])]
+    rows = [Check("metadata fields", not missing, f"missing: {', '.join(missing)}" if missing else "all present")]
+    for side, key in (("inputs", "image"), ("outputs", "pred")):
+        io = _io(md, side, key)
+        gone = [f for f in REQUIRED_IO_FIELDS if f not in io]
+        what = f"network_data_format.{side}.{key}"
+        rows.append(Check(what, bool(io) and not gone, f"missing: {', '.join(gone)}" if gone else _describe_io(io)))
+    return rows
+
+
+def _describe_io(io: dict[str, Any]) -> str:
+    return f"{io.get('num_channels')} channel(s), spatial {io.get('spatial_shape')}, range {io.get('value_range')}"
+
+
+def fake_spatial_shape(shape: list[Any], min_size: int = 64) -> tuple[int, ...]:
+    """Concrete sizes for a metadata ``spatial_shape``: ints as they are; MONAI patterns such as ``"4*n"`` with the
+    smallest ``n`` that makes every size >= ``min_size`` (a pattern declares every multiple valid, and 4x4 is too
+    small for a conditioner that downsamples).
+
+    >>> fake_spatial_shape(["4*n", 32])
+    (64, 32)
+    """
+    from monai.bundle.scripts import _get_fake_spatial_shape  # MONAI's own reading of "32*n", "2**p"
+
+    sizes = tuple(int(s) for s in _get_fake_spatial_shape(shape, n=1, any=min_size))
+    for n in range(2, 257):
+        if all(s >= min_size for s, pattern in zip(sizes, shape, strict=True) if isinstance(pattern, str)):
+            break
+        sizes = tuple(int(s) for s in _get_fake_spatial_shape(shape, n=n, any=min_size))
+    return sizes
+
+
+def _build(bundle: Bundle, files: list[Path], tmp: str) -> Any:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    parser.read_meta(str(bundle.metadata_file))
+    for key, value in (("bundle_root", str(bundle.root)), ("output_dir", tmp), ("device", "cpu")):
+        if key in parser:
+            parser[key] = value
+    parser.parse(reset=True)
+    if "network_def" not in parser:
+        raise KeyError("network_def")
+    return parser.get_parsed_content("network_def", instantiate=True)
+
+
+def _try(name: str, fn: Callable[[], str]) -> Check:
+    from monai_cnf.cli._errors import error_line
+
+    try:
+        return Check(name, True, fn())
+    except Exception as err:  # each check reports its own failure; the table shows them all
+        return Check(name, False, error_line(err))
+
+
+def verify_bundle(bundle: Bundle) -> list[Check]:
+    """Run every offline check and return the rows (never raises for a failing check)."""
+    import torch
+
+    rows = check_metadata(bundle)
+    rows.append(Check("configs parse (JSON)", True, ", ".join(f"{n}.json" for n in sorted(bundle.configs))))
+    combos: list[tuple[str, list[Path]]] = []
+    if "train" in bundle.configs:
+        combos.append(("train.json", compose_config_files(bundle, "train", "paper", "cnf")))
+        if "cpu" in bundle.configs:
+            combos.append(("train.json + cpu.json", compose_config_files(bundle, "train", "cpu", "cnf")))
+        if "factored" in bundle.configs:
+            combos.append(("train.json + factored.json", compose_config_files(bundle, "train", "paper", "factored")))
+        if "evaluate" in bundle.configs:
+            combos.append(("train.json + evaluate.json", compose_config_files(bundle, "evaluate", "paper", "cnf")))
+    if "inference" in bundle.configs:
+        combos.append(("inference.json", compose_config_files(bundle, "inference", "paper", "cnf")))
+    if not combos:
+        rows.append(Check("configs present", False, "no train.json or inference.json"))
+
+    nets: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, files in combos:
+
+            def build(label: str = label, files: list[Path] = files) -> str:
+                net = _build(bundle, files, tmp)
+                nets[label] = net
+                n = sum(p.numel() for p in net.parameters()) if isinstance(net, torch.nn.Module) else 0
+                return f"{type(net).__name__}, {n:,} parameters"
+
+            rows.append(_try(f"network builds: {label}", build))
+
+    target = nets.get("inference.json") or nets.get("train.json")
+    if target is None:
+        rows.append(Check("forward pass", False, "no network could be built"))
+        return rows
+    rows.append(_try("forward pass at the declared shape", lambda: _forward(bundle, target)))
+    return rows
+
+
+def _forward(bundle: Bundle, net: Any) -> str:
+    import torch
+
+    image, pred = _io(bundle.metadata, "inputs", "image"), _io(bundle.metadata, "outputs", "pred")
+    spatial = fake_spatial_shape(list(image.get("spatial_shape", [])))
+    levels = getattr(net, "num_levels", None)
+    if isinstance(levels, int) and any(s % 2**levels for s in spatial):
+        raise ValueError(f"declared spatial shape {spatial} is not divisible by 2**num_levels = {2**levels}")
+    lo, hi = (image.get("value_range") or [0, 1])[:2]
+    x = torch.rand(1, int(image["num_channels"]), *spatial) * (float(hi) - float(lo)) + float(lo)
+    net.eval()
+    with torch.no_grad():
+        y = net(x)
+    y = y[0] if isinstance(y, (tuple, list)) else y
+    out_spatial = fake_spatial_shape(list(pred.get("spatial_shape", []))) if pred.get("spatial_shape") else None
+    expected = (1, int(pred["num_channels"]), *(out_spatial or y.shape[2:]))
+    if tuple(y.shape) != expected:
+        raise ValueError(f"input {tuple(x.shape)} gave output {tuple(y.shape)}, metadata declares {expected}")
+    if not torch.isfinite(y).all():
+        raise ValueError("the output holds NaN or inf")
+    return f"{tuple(x.shape)} -> {tuple(y.shape)}"

@@ -1,0 +1,265 @@
+"""Atomic checkpoints and resumable training on top of MONAI's ``CheckpointSaver`` / ``CheckpointLoader``.
+
+MONAI's :class:`~monai.handlers.CheckpointSaver` writes with ``atomic=False`` (``torch.save`` straight into the
+final path), so a run killed while saving leaves a truncated ``.pt`` behind. :class:`AtomicCheckpointSaver` keeps
+MONAI's naming, retention and key-metric logic and only swaps the writer: each file is serialised into a temporary
+file in the same folder, flushed and ``fsync``-ed, then moved over the final name with :func:`os.replace` (atomic
+on POSIX and Windows), so a checkpoint on disk is always either the old complete file or the new complete one.
+
+:class:`ResumeCheckpointLoader` is a :class:`~monai.handlers.CheckpointLoader` that finds the newest checkpoint in
+a folder (``checkpoint_epoch=N.pt``, the highest ``N`` wins), and turns a truncated or corrupt file into one clear
+:class:`CorruptCheckpointError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import stat
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from ignite.handlers import DiskSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
+
+__all__ = [
+    "AtomicCheckpointSaver",
+    "AtomicDiskSaver",
+    "CorruptCheckpointError",
+    "ResumeCheckpointLoader",
+    "latest_checkpoint",
+    "load_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+_EPOCH_RE = re.compile(r"epoch=(\d+)\.pt$")
+_ITER_RE = re.compile(r"iteration=(\d+)\.pt$")
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be deserialised (truncated, corrupt or not a torch file)."""
+
+
+def _corrupt_message(path: str | os.PathLike, err: BaseException) -> str:
+    return (
+        f"checkpoint {path} is corrupt or truncated; delete it or pass --checkpoint (or the 'checkpoint' "
+        f"override) with a complete file ({type(err).__name__} while reading it)."
+    )
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True) -> Any:
+    """Load a checkpoint with :func:`torch.load`, turning any deserialisation failure into a clear error.
+
+    Args:
+        path: the ``.pt`` file.
+        map_location: passed to :func:`torch.load`. Defaults to ``"cpu"``.
+        weights_only: passed to :func:`torch.load`. Defaults to True.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        CorruptCheckpointError: when the file is truncated, corrupt or not a torch checkpoint.
+
+    Example:
+        >>> import tempfile, torch
+        >>> p = tempfile.mktemp(suffix=".pt"); torch.save({"a": torch.ones(1)}, p)
+        >>> load_checkpoint(p)["a"]
+        tensor([1.])
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; check the path or train the model first.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise CorruptCheckpointError(_corrupt_message(path, err)) from err
+
+
+def latest_checkpoint(directory: str | os.PathLike, prefix: str = "") -> str | None:
+    """Return the newest interval checkpoint in ``directory`` (highest ``epoch=N``, else ``iteration=N``).
+
+    Files are those written by :class:`AtomicCheckpointSaver` / MONAI's ``CheckpointSaver`` with an interval,
+    e.g. ``checkpoint_epoch=3.pt``; temporary files of an interrupted save are ignored.
+
+    Args:
+        directory: the checkpoint folder. A missing folder gives None.
+        prefix: only consider files whose name starts with this. Defaults to "".
+
+    Returns:
+        the path as a string, or None when there is no checkpoint.
+
+    Example:
+        >>> latest_checkpoint("/nonexistent") is None
+        True
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    best: tuple[int, int, str] | None = None
+    for p in directory.iterdir():
+        if not p.is_file() or not p.name.startswith(prefix):
+            continue
+        m_epoch, m_iter = _EPOCH_RE.search(p.name), _ITER_RE.search(p.name)
+        if m_epoch is None and m_iter is None:
+            continue
+        key = (1, int(m_epoch.group(1)), str(p)) if m_epoch else (0, int(m_iter.group(1)), str(p))  # type: ignore[union-attr]
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return None if best is None else best[2]
+
+
+class AtomicDiskSaver(DiskSaver):
+    """An ignite ``DiskSaver`` that writes atomically (tmp file + fsync + ``os.replace``), with a fixed-name option.
+
+    Args:
+        dirname: folder of the checkpoints (created if missing).
+        filename: when set, every save uses this name (MONAI's ``key_metric_filename`` / ``final_filename``).
+            Defaults to None.
+    """
+
+    def __init__(self, dirname: str | os.PathLike, filename: str | None = None) -> None:
+        super().__init__(dirname=str(dirname), require_empty=False, atomic=True, create_dir=True)
+        self.filename = filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        super().__call__(checkpoint=checkpoint, filename=self.filename or filename, metadata=metadata)
+
+    def remove(self, filename: str) -> None:
+        path = self.dirname / (self.filename or filename)
+        if path.exists():
+            path.unlink()
+
+    def _save_func(self, checkpoint: Mapping, path: Path, func: Any) -> None:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.dirname)
+        try:
+            with os.fdopen(fd, "wb") as tmp:
+                func(checkpoint, tmp, **self.kwargs)
+                tmp.flush()
+                os.fsync(tmp.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            if os.path.exists(tmp_name):
+                os.remove(tmp_name)
+            raise
+        os.chmod(path, os.stat(path).st_mode | stat.S_IRGRP | stat.S_IROTH)
+        try:  # make the rename itself durable
+            dir_fd = os.open(self.dirname, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass
+        finally:
+            os.close(dir_fd)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's :class:`~monai.handlers.CheckpointSaver` whose files are written atomically.
+
+    Same arguments as MONAI's saver (``save_dir``, ``save_dict``, ``save_final``, ``save_key_metric``,
+    ``key_metric_filename``, ``epoch_level``, ``save_interval``, ``n_saved``, ...). Interval checkpoints are named
+    ``{file_prefix}_checkpoint_epoch=N.pt`` (``checkpoint_epoch=N.pt`` without prefix) and are what
+    :func:`latest_checkpoint` / :class:`ResumeCheckpointLoader` pick up.
+
+    Example:
+        >>> import tempfile, torch
+        >>> net = torch.nn.Linear(2, 2)
+        >>> saver = AtomicCheckpointSaver(tempfile.mkdtemp(), {"network": net}, save_interval=1)
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
+        os.makedirs(save_dir, exist_ok=True)
+        super().__init__(save_dir=save_dir, save_dict=save_dict, **kwargs)
+        for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if ckpt is not None:
+                fixed = getattr(ckpt.save_handler, "filename", None)
+                ckpt.save_handler = AtomicDiskSaver(self.save_dir, filename=fixed)
+        self._adopt_existing_interval_files()
+
+    def _adopt_existing_interval_files(self) -> None:
+        """On resume, count the interval checkpoints already in ``save_dir`` so ``n_saved`` retention continues."""
+        ckpt = self._interval_checkpoint
+        if ckpt is None or ckpt.n_saved is None:
+            return
+        score = "epoch" if self.epoch_level else "iteration"
+        prefix = f"{ckpt.filename_prefix}_" if ckpt.filename_prefix else ""
+        name = "checkpoint" if len(self.save_dict) > 1 else next(iter(self.save_dict))
+        pattern = re.compile(rf"^{re.escape(prefix + name)}_{score}=(\d+)\.pt$")
+        found = []
+        for p in Path(self.save_dir).iterdir():
+            m = pattern.match(p.name)
+            if m:
+                found.append(ckpt.Item(int(m.group(1)), p.name))
+        ckpt._saved = sorted(found, key=lambda item: item.priority)
+
+
+class ResumeCheckpointLoader(CheckpointLoader):
+    """Restore a training run (model, optimizer, scheduler, trainer epoch/iteration) before its first step.
+
+    A :class:`~monai.handlers.CheckpointLoader` that (a) accepts a folder and takes its newest checkpoint,
+    (b) does nothing (with a log line) when ``enabled`` is False or, with ``required=False``, when the folder has
+    no checkpoint yet, and (c) raises :class:`CorruptCheckpointError` naming the file for a truncated/corrupt one.
+
+    Args:
+        load_path: a checkpoint file or a folder of interval checkpoints.
+        load_dict: objects to restore, e.g. ``{"network": net, "optimizer": opt, "lr_scheduler": s,
+            "trainer": trainer}``.
+        enabled: when False the handler does nothing. Defaults to True.
+        required: raise ``FileNotFoundError`` when no checkpoint is found. Defaults to False.
+        kwargs: ``name``, ``map_location``, ``strict``, ``strict_shape`` as for MONAI's loader.
+
+    Example:
+        >>> import tempfile, torch
+        >>> loader = ResumeCheckpointLoader(tempfile.mkdtemp(), {"network": torch.nn.Linear(2, 2)})
+    """
+
+    def __init__(
+        self,
+        load_path: str | os.PathLike,
+        load_dict: dict,
+        enabled: bool = True,
+        required: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(load_path=str(load_path), load_dict=load_dict, **kwargs)
+        self.enabled = bool(enabled)
+        self.required = bool(required)
+        self.resolved_path: str | None = None
+
+    def _resolve(self) -> str | None:
+        path = Path(self.load_path)
+        if path.is_dir() or not path.suffix:
+            return latest_checkpoint(path)
+        return str(path) if path.exists() else None
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            super().attach(engine)
+
+    def __call__(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        path = self._resolve()
+        if path is None:
+            if self.required:
+                raise FileNotFoundError(
+                    f"no checkpoint found at {self.load_path}; train first or point 'checkpoint' at a .pt file."
+                )
+            self.logger.info(f"resume requested but no checkpoint in {self.load_path}; starting from scratch.")
+            return
+        load_checkpoint(path, map_location=self.map_location)  # validate first: clear error for corrupt files
+        self.resolved_path = path
+        original, self.load_path = self.load_path, path
+        try:
+            super().__call__(engine)
+        finally:
+            self.load_path = original
+        self.logger.info(f"resumed from {path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")

@@ -1,0 +1,200 @@
+"""Validation / evaluation for likelihood models: bits/dim plus sample-based metrics, as ignite metrics.
+
+:class:`FlowEvaluator` is MONAI's ``SupervisedEvaluator`` whose iteration also computes bits/dim from
+``network.log_prob`` and carries extra batch keys (e.g. the DRIVE field-of-view ``"mask"``) into the output, so
+the metrics below can read them with ``from_engine``. Every metric lands in ``evaluator.state.metrics`` where
+MONAI's ``StatsHandler``/``MLFlowHandler`` and the CLI pick it up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from ignite.metrics import Metric
+from monai.engines import SupervisedEvaluator
+from monai.handlers import from_engine
+from monai.utils.enums import CommonKeys as Keys
+
+from monai_cnf.engines.trainer import bits_per_dim_from_log_prob
+
+__all__ = ["PSNRY", "SSIMY", "BitsPerDim", "FlowEvaluator", "MaxFScoreMetric"]
+
+
+def _stack(values: Any) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values.detach()
+    return torch.stack([torch.as_tensor(v).detach() for v in values])
+
+
+def _items(values: Any) -> list[torch.Tensor]:
+    """Per-image tensors from either a batch tensor ``(B, ...)`` or a decollated list."""
+    if isinstance(values, torch.Tensor):
+        return [v for v in values.detach()]
+    return [torch.as_tensor(v).detach() for v in values]
+
+
+class FlowEvaluator(SupervisedEvaluator):
+    """A :class:`~monai.engines.SupervisedEvaluator` for CNFs and factored baselines.
+
+    Per iteration: ``"pred"`` = ``inferer(x, network)`` (use :class:`~monai_cnf.engines.SampleInferer` for the mean
+    of N samples; a dict result also adds e.g. ``"std"``), ``"bpd"`` = ``-log p(y|x) / (D ln 2)`` per image
+    (``D`` = elements of the label as fed to the model, i.e. after padding), and any of ``extra_keys`` present
+    in the batch (e.g. ``"mask"``).
+
+    Args:
+        device: evaluation device.
+        val_data_loader: loader of dict batches with ``"image"``, ``"label"`` (and ``extra_keys``).
+        network: the model (``log_prob`` and ``sample``).
+        compute_bpd: compute ``"bpd"``. Defaults to True.
+        extra_keys: batch keys copied to the output. Defaults to ``("mask",)``.
+        kwargs: any other :class:`~monai.engines.SupervisedEvaluator` argument (``inferer``, ``key_val_metric``,
+            ``additional_metrics``, ``val_handlers``, ``postprocessing``, ``epoch_length``, ...).
+
+    Example:
+        >>> # evaluator = FlowEvaluator("cpu", loader, model, inferer=SampleInferer(20, 1.0),
+        >>> #                           key_val_metric={"val_bpd": BitsPerDim()})
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        val_data_loader: Any,
+        network: torch.nn.Module,
+        compute_bpd: bool = True,
+        extra_keys: Sequence[str] = ("mask",),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(device=torch.device(device), val_data_loader=val_data_loader, network=network, **kwargs)
+        self.compute_bpd = bool(compute_bpd)
+        self.extra_keys = tuple(extra_keys)
+
+    def _iteration(self, engine: FlowEvaluator, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        with engine.mode(engine.network):
+            if engine.amp:
+                with torch.autocast("cuda", **engine.amp_kwargs):
+                    pred = engine.inferer(inputs, engine.network)
+            else:
+                pred = engine.inferer(inputs, engine.network)
+            if isinstance(pred, dict):
+                engine.state.output.update({k: v for k, v in pred.items() if k != "pred"})
+                pred = pred["pred"]
+            engine.state.output[Keys.PRED] = pred
+            if engine.compute_bpd and targets is not None and hasattr(engine.network, "log_prob"):
+                log_prob = engine.network.log_prob(targets, inputs).float()
+                engine.state.output["bpd"] = bits_per_dim_from_log_prob(log_prob, targets)
+        for key in engine.extra_keys:
+            if isinstance(batchdata, dict) and key in batchdata:
+                value = batchdata[key]
+                engine.state.output[key] = value.to(engine.state.device) if hasattr(value, "to") else value
+        return engine.state.output
+
+
+class BitsPerDim(Metric):
+    """Mean bits/dim over all evaluated images (reads ``"bpd"``, one value per image).
+
+    Args:
+        output_transform: maps the engine output to the per-image bpd values. Defaults to
+            ``from_engine(["bpd"])``.
+    """
+
+    def __init__(self, output_transform: Callable = from_engine(["bpd"]), device: Any = "cpu") -> None:
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self._sum = 0.0
+        self._count = 0
+
+    def update(self, output: Any) -> None:
+        values = _stack(output[0] if isinstance(output, tuple) else output).reshape(-1).double()
+        self._sum += float(values.sum())
+        self._count += values.numel()
+
+    def compute(self) -> float:
+        return self._sum / self._count if self._count else math.nan
+
+
+class MaxFScoreMetric(Metric):
+    """Max F-score over thresholds of the pooled PR curve of the predicted mean map, inside the mask (FOV).
+
+    All pixels of all images inside the mask are pooled (the DRIVE convention in DESIGN.md); the curve and its max
+    come from :func:`monai_cnf.metrics.max_f_score`.
+
+    Args:
+        output_transform: gives ``(pred, label, mask)`` or ``(pred, label)``; pred is the mean map in [0, 1].
+            Defaults to ``from_engine(["pred", "label", "mask"])`` (a missing mask means the whole image).
+    """
+
+    def __init__(self, output_transform: Callable | None = None, device: Any = "cpu") -> None:
+        super().__init__(output_transform=output_transform or _pred_label_mask, device=device)
+
+    def reset(self) -> None:
+        self._scores: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+
+    def update(self, output: Any) -> None:
+        preds, labels = _items(output[0]), _items(output[1])
+        masks = _items(output[2]) if len(output) > 2 and output[2] is not None else [None] * len(preds)
+        for p, y, m in zip(preds, labels, masks, strict=True):
+            keep = torch.ones_like(y, dtype=torch.bool) if m is None else (m > 0.5).expand_as(y)
+            self._scores.append(p.float().cpu()[keep.cpu()])
+            self._labels.append((y.cpu() > 0.5)[keep.cpu()])
+
+    def compute(self) -> float:
+        from monai_cnf.metrics import max_f_score
+
+        if not self._scores:
+            return math.nan
+        return float(max_f_score(torch.cat(self._scores).numpy(), torch.cat(self._labels).numpy()).f_score)
+
+
+def _pred_label_mask(output: Any) -> tuple:
+    keys = ("pred", "label", "mask")
+    if isinstance(output, dict):
+        return tuple(output.get(k) for k in keys)
+    return tuple([o.get(k) for o in output] if output[0].get(k) is not None else None for k in keys)
+
+
+class _ImageMetric(Metric):
+    """Mean over images of a per-image metric ``fn(pred, label) -> float`` (8-bit RGB tensors ``(C, *spatial)``)."""
+
+    fn_name = ""
+
+    def __init__(self, output_transform: Callable = from_engine(["pred", "label"]), border: int = 2) -> None:
+        self.border = int(border)
+        super().__init__(output_transform=output_transform)
+
+    def reset(self) -> None:
+        self._sum = 0.0
+        self._count = 0
+
+    def update(self, output: Any) -> None:
+        import monai_cnf.metrics as metrics
+
+        fn = getattr(metrics, self.fn_name)
+        for p, y in zip(_items(output[0]), _items(output[1]), strict=True):
+            value = fn(p.unsqueeze(0).float().cpu(), y.unsqueeze(0).float().cpu(), crop_border=self.border)
+            self._sum += float(torch.as_tensor(value).reshape(-1)[0])
+            self._count += 1
+
+    def compute(self) -> float:
+        return self._sum / self._count if self._count else math.nan
+
+
+class PSNRY(_ImageMetric):
+    """Mean PSNR on the Y channel (BT.601) over images, border crop ``border`` (= scale), via ``psnr_y``."""
+
+    fn_name = "psnr_y"
+
+
+class SSIMY(_ImageMetric):
+    """Mean SSIM on the Y channel (BT.601) over images, border crop ``border`` (= scale), via ``ssim_y``."""
+
+    fn_name = "ssim_y"

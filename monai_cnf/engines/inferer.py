@@ -1,0 +1,202 @@
+"""SampleInferer: a MONAI ``Inferer`` that summarises N samples of p(y | x) drawn in memory-bounded chunks."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from monai.inferers import Inferer, sliding_window_inference
+
+__all__ = ["SampleInferer"]
+
+
+class SampleInferer(Inferer):
+    """Draw ``num_samples`` samples of ``p(y | x)`` at temperature ``tau`` and return their mean (and std/samples).
+
+    The model must have ``sample(x, num_samples, temperature) -> (S, B, C, *spatial)`` (both
+    ``ConditionalNormalizingFlow`` and ``FactoredBaseline`` do). Samples are drawn ``chunk_size`` at a time and
+    reduced on the fly (running sum and sum of squares in float64), so memory does not grow with ``num_samples``
+    unless ``return_samples`` is set. For binary labels the mean is the per-pixel vessel frequency; for 8-bit
+    targets it is the mean intensity in [0, 255].
+
+    For images larger than ``roi_size`` the sampling runs window by window through MONAI's
+    :func:`~monai.inferers.sliding_window_inference` (mean and second moment are blended across overlapping
+    windows, so ``std`` stays consistent; stitched samples are per-window samples blended where windows overlap).
+    ``roi_size`` must then be divisible by ``2**num_levels``.
+
+    Args:
+        num_samples: N, number of samples. Defaults to 20.
+        temperature: tau, the prior's temperature (0 gives the mode-like deterministic decode). Defaults to 1.0.
+        chunk_size: samples drawn per call. Defaults to 4.
+        return_std: also return the per-pixel standard deviation. Defaults to False.
+        return_samples: also return the ``(S, B, C, *spatial)`` samples. Defaults to False.
+        roi_size: sliding-window size; None runs on the whole image. Defaults to None.
+        sw_batch_size: windows per sliding-window batch. Defaults to 1.
+        overlap: sliding-window overlap. Defaults to 0.25.
+        mode: sliding-window blending, ``"constant"`` or ``"gaussian"``. Defaults to ``"gaussian"``.
+        generator: optional ``torch.Generator`` passed to ``sample`` when it accepts one. Defaults to None.
+        exact_mean: for a factored Bernoulli model (one with ``probabilities(x)``) at temperature 1, return the
+            exact expectation ``p`` and std ``sqrt(p (1 - p))`` of its samples instead of Monte-Carlo estimates
+            (samples, when requested, are still drawn). Defaults to True.
+
+    Returns (from ``__call__``):
+        the mean ``(B, C, *spatial)`` when neither ``return_std`` nor ``return_samples`` is set, else a dict with
+        ``"pred"`` (mean) and ``"std"`` and/or ``"samples"``.
+
+    Example:
+        >>> class Coin(torch.nn.Module):
+        ...     def sample(self, x, num_samples=1, temperature=1.0):
+        ...         return (torch.rand(num_samples, *x.shape) < 0.5).float()
+        >>> mean = SampleInferer(num_samples=8, chunk_size=3)(torch.zeros(1, 1, 4, 4), Coin())
+        >>> mean.shape
+        torch.Size([1, 1, 4, 4])
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 20,
+        temperature: float = 1.0,
+        chunk_size: int = 4,
+        return_std: bool = False,
+        return_samples: bool = False,
+        roi_size: Sequence[int] | int | None = None,
+        sw_batch_size: int = 1,
+        overlap: float = 0.25,
+        mode: str = "gaussian",
+        generator: torch.Generator | None = None,
+        exact_mean: bool = True,
+    ) -> None:
+        super().__init__()
+        if int(num_samples) < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+        if float(temperature) < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}.")
+        self.num_samples = int(num_samples)
+        self.temperature = float(temperature)
+        self.chunk_size = int(chunk_size)
+        self.return_std = bool(return_std)
+        self.return_samples = bool(return_samples)
+        self.roi_size = roi_size
+        self.sw_batch_size = int(sw_batch_size)
+        self.overlap = float(overlap)
+        self.mode = mode
+        self.generator = generator
+        self.exact_mean = bool(exact_mean)
+
+    def _draw(self, network: Any, x: torch.Tensor, n: int) -> torch.Tensor:
+        kwargs: dict[str, Any] = {"num_samples": n, "temperature": self.temperature}
+        if self.generator is not None:
+            kwargs["generator"] = self.generator
+        if _accepts(network.sample, "batch_size"):  # the CNF decodes this many samples per flow pass
+            kwargs["batch_size"] = n
+        s = network.sample(x, **kwargs)
+        if s.dim() != x.dim() + 1 or s.shape[0] != n or s.shape[1] != x.shape[0]:
+            raise ValueError(
+                f"network.sample must return (S, B, C, *spatial) with S={n}, B={x.shape[0]}; got {tuple(s.shape)}."
+            )
+        return s
+
+    def _moments(self, x: torch.Tensor, network: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Mean, second moment and (optionally) the samples on one (window) batch."""
+        total = torch.zeros((), dtype=torch.float64)
+        sq = torch.zeros((), dtype=torch.float64)
+        kept: list[torch.Tensor] = []
+        # at temperature 0 every sample is the same decode: draw it once
+        exact = self.exact_mean and self.temperature == 1.0 and _bernoulli_probabilities(network)
+        n_draw = 1 if ((self.temperature == 0 or exact) and not self.return_samples) else self.num_samples
+        done = 0
+        while done < n_draw:
+            n = min(self.chunk_size, n_draw - done)
+            s = self._draw(network, x, n)
+            s64 = s.detach().to(torch.float64)
+            total = total + s64.sum(0)
+            sq = sq + (s64 * s64).sum(0)
+            if self.return_samples:
+                kept.append(s.detach())
+            done += n
+        mean = total / n_draw
+        second = sq / n_draw
+        samples = torch.cat(kept, 0) if kept else None
+        if exact:
+            p = network.probabilities(x).detach().to(torch.float64)
+            mean, second = p, p  # Bernoulli: E[y] = E[y^2] = p
+        return mean.to(x.dtype if x.is_floating_point() else torch.float32), second.to(mean.dtype), samples
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
+        if not hasattr(network, "sample"):
+            raise ValueError("network must have a sample(x, num_samples, temperature) method (a CNF or baseline).")
+        with torch.no_grad():
+            if self.roi_size is None or _fits(inputs, self.roi_size):
+                mean, second, samples = self._moments(inputs, network)
+            else:
+                mean, second, samples = self._sliding(inputs, network)
+        mean, second = _plain(mean), _plain(second)
+        if not (self.return_std or self.return_samples):
+            return _like(mean, inputs)
+        out: dict[str, torch.Tensor] = {"pred": _like(mean, inputs)}
+        if self.return_std:
+            std = (second.to(torch.float64) - mean.to(torch.float64) ** 2).clamp_min(0).sqrt().to(mean.dtype)
+            out["std"] = _like(std, inputs)
+        if self.return_samples and samples is not None:
+            out["samples"] = samples
+        return out
+
+    def _sliding(self, inputs: torch.Tensor, network: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        def predictor(window: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            mean, second, samples = self._moments(window, network)
+            if samples is None:
+                return mean, second
+            # fold samples into channels so MONAI can stitch them like any other output
+            s, b = samples.shape[:2]
+            return mean, second, samples.transpose(0, 1).reshape(b, s * samples.shape[2], *samples.shape[3:])
+
+        outputs = sliding_window_inference(
+            inputs,
+            roi_size=self.roi_size,
+            sw_batch_size=self.sw_batch_size,
+            predictor=predictor,
+            overlap=self.overlap,
+            mode=self.mode,
+        )
+        mean, second = outputs[0], outputs[1]
+        samples = None
+        if len(outputs) > 2:
+            stitched = outputs[2]
+            b, c = stitched.shape[0], mean.shape[1]
+            samples = stitched.reshape(b, -1, c, *stitched.shape[2:]).transpose(0, 1)
+        return _plain(mean), _plain(second), None if samples is None else _plain(samples)
+
+
+def _bernoulli_probabilities(network: Any) -> bool:
+    """True for a factored Bernoulli model, whose sample mean is known exactly: ``probabilities(x)``."""
+    return hasattr(network, "probabilities") and getattr(network, "likelihood", "bernoulli") == "bernoulli"
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _fits(inputs: torch.Tensor, roi_size: Sequence[int] | int) -> bool:
+    spatial = inputs.shape[2:]
+    roi = [roi_size] * len(spatial) if isinstance(roi_size, int) else list(roi_size)
+    return all(s <= r for s, r in zip(spatial, roi, strict=False))
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    return t.as_tensor() if hasattr(t, "as_tensor") else t
+
+
+def _like(t: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """Give ``t`` the input's metadata (affine, applied operations) so ``Invertd`` can undo the preprocessing."""
+    if type(inputs).__name__ != "MetaTensor":
+        return t
+    from monai.data import MetaTensor
+
+    return MetaTensor(t, meta=inputs.meta, applied_operations=inputs.applied_operations)

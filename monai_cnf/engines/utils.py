@@ -1,0 +1,110 @@
+"""Small helpers the bundles' JSON configs call (data roots, validation hold-out, checkpoint choice)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["default_checkpoint", "drive_data_root", "holdout_split"]
+
+logger = logging.getLogger("monai_cnf.bundle")
+
+
+def drive_data_root(
+    dataset_dir: str | os.PathLike | None,
+    output_dir: str | os.PathLike,
+    num_train: int = 20,
+    num_test: int = 20,
+    image_size: Sequence[int] = (584, 565),
+    seed: int = 0,
+) -> str:
+    """The DRIVE folder a bundle trains on: ``dataset_dir``, or a synthetic retina set generated under ``output_dir``.
+
+    With ``dataset_dir=None`` the synthetic set (``monai_cnf.data.make_synthetic_drive``, DRIVE's own layout) is
+    written once to ``output_dir/synthetic_drive`` and reused; a warning says so, because numbers measured on it are
+    not DRIVE results.
+
+    Args:
+        dataset_dir: a DRIVE folder (with ``training/`` and ``test/``) or None.
+        output_dir: the run folder.
+        num_train: synthetic training images. Defaults to 20 (as DRIVE).
+        num_test: synthetic test images. Defaults to 20 (as DRIVE).
+        image_size: synthetic ``(H, W)``. Defaults to DRIVE's ``(584, 565)``.
+        seed: synthetic seed. Defaults to 0.
+
+    Example:
+        >>> drive_data_root("/data/DRIVE", "/tmp/run")
+        '/data/DRIVE'
+    """
+    if dataset_dir not in (None, "", "None", "null"):
+        path = Path(dataset_dir).expanduser()  # type: ignore[arg-type]
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"dataset_dir {str(path)!r} does not exist; pass a DRIVE folder (training/, test/) or null for the "
+                "synthetic retina set."
+            )
+        return str(path)
+    from monai_cnf.data import make_synthetic_drive
+
+    root = Path(output_dir) / "synthetic_drive"
+    logger.warning(
+        "dataset_dir is null: using the SYNTHETIC retina set in %s (%d training, %d test images of %s); "
+        "set dataset_dir to a DRIVE folder for real data.",
+        root,
+        num_train,
+        num_test,
+        "x".join(str(int(s)) for s in image_size),
+    )
+    make_synthetic_drive(root, seed=seed, num_train=num_train, num_test=num_test, image_size=tuple(image_size))
+    return str(root)
+
+
+def holdout_split(datalist: Sequence[Any], num_val: int, part: str) -> list[Any]:
+    """Deterministic training/validation split of a datalist: the LAST ``num_val`` items are the validation part.
+
+    DRIVE has no validation split, so the bundles hold out the last training images (ids 37-40 with
+    ``num_val=4``). At least one item always stays in the training part.
+
+    Args:
+        datalist: the items, in a fixed order.
+        num_val: number of held-out items (clipped to ``len - 1``; 0 gives an empty validation part).
+        part: ``"train"`` or ``"validation"``.
+
+    Example:
+        >>> holdout_split([1, 2, 3, 4, 5], 2, "train"), holdout_split([1, 2, 3, 4, 5], 2, "validation")
+        ([1, 2, 3], [4, 5])
+    """
+    if part not in ("train", "validation"):
+        raise ValueError(f"part must be 'train' or 'validation', got {part!r}.")
+    items = list(datalist)
+    n_val = max(0, min(int(num_val), len(items) - 1))
+    cut = len(items) - n_val
+    return items[:cut] if part == "train" else items[cut:]
+
+
+def default_checkpoint(checkpoint: str | os.PathLike | None, output_dir: str | os.PathLike, bundle_root: str) -> str:
+    """Weights to evaluate / infer with: ``checkpoint`` if given, else the run's best model, else the bundle's.
+
+    Order: ``checkpoint``; ``output_dir/models/model.pt`` (best validation model of a training run);
+    ``output_dir/models/model_final.pt``; ``bundle_root/models/model.pt``.
+
+    Example:
+        >>> default_checkpoint("/w/m.pt", "/run", "/b")
+        '/w/m.pt'
+    """
+    if checkpoint not in (None, "", "None", "null"):
+        return str(checkpoint)
+    for cand in (
+        Path(output_dir) / "models" / "model.pt",
+        Path(output_dir) / "models" / "model_final.pt",
+        Path(bundle_root) / "models" / "model.pt",
+    ):
+        if cand.is_file():
+            return str(cand)
+    raise FileNotFoundError(
+        f"no weights found: none of {output_dir}/models/model.pt, {output_dir}/models/model_final.pt, "
+        f"{bundle_root}/models/model.pt exists; train first or pass checkpoint=<file.pt>."
+    )

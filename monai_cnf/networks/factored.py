@@ -1,0 +1,242 @@
+"""Factored (per-pixel independent) baselines p(y | x) = prod_d p(y_d | x) with the CNF's conditioners."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from monai_cnf.losses.functional import discretized_logistic_log_likelihood, weighted_bernoulli_log_likelihood
+from monai_cnf.networks.cnf import build_conditioner, check_condition_image, check_target
+from monai_cnf.networks.conditioners.subnets import get_conv_type, zero_init_
+
+__all__ = ["FactoredBaseline"]
+
+LIKELIHOODS = ("bernoulli", "logistic")
+# Initial logistic scale (grey levels) added to the head's log-scale: an initialisation choice, so that the
+# untrained model is broad rather than sure to 1 grey level; the head learns the actual scale.
+_INIT_LOG_SCALE = math.log(8.0)
+
+
+class FactoredBaseline(nn.Module):
+    r"""Factored likelihood baseline: the CNF's conditioner and a per-pixel head (the paper's "factored baseline").
+
+    Head: every level's features ``conds[l]`` are projected by a 1x1 conv to ``hidden_channels`` and summed
+    top-down with nearest 2x upsampling (equal to summing all levels nearest-upsampled to full resolution, at a
+    fraction of the cost), upsampled once more to the target's resolution, then ``ReLU -> conv 3x3 -> ReLU ->
+    conv 1x1``. So the baseline sees the same features as the flow (deeper levels included).
+
+    Likelihoods (per pixel, summed over all ``D`` elements):
+
+    * ``"bernoulli"`` (binary ``y``): :math:`p = \sigma(l)`; with ``beta`` the normalised weighted Bernoulli of the
+      paper's Eq. 9, :math:`P(y) = p^{\beta y}(1-p)^{(1-\beta)(1-y)} / (p^\beta + (1-p)^{1-\beta})`, i.e. a
+      Bernoulli with logit :math:`\beta\log p - (1-\beta)\log(1-p)`; without ``beta`` the plain Bernoulli.
+      :meth:`head` returns the logits ``l`` (train with ``WeightedBernoulliLoss(beta, normalize=False)``).
+    * ``"logistic"`` (8-bit ``y``): discretized logistic with 256 bins (edge bins absorb the tails);
+      :meth:`head` returns ``(mean, log_scale)`` in grey levels (``log_scale`` starts at ``log 8``). With
+      ``residual`` (and ``in_channels == out_channels``) the mean is ``255 * upsample(x) + 127.5 * r`` (the head
+      learns a correction of the interpolated image), else ``127.5 + 127.5 * r``.
+
+    :meth:`sample` draws independent pixels; :meth:`forward` returns the per-pixel mode (Bernoulli: the map
+    thresholded at model probability 0.5; logistic: the most probable grey level, exactly, edge bins included).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of ``x``.
+        out_channels: channels of ``y``.
+        num_levels: levels of the conditioner (as in the CNF it is compared with). Defaults to 2.
+        conditioner: ``"vgg"``, ``"rrdb"`` or an ``nn.Module`` (see
+            :class:`~monai_cnf.networks.ConditionalNormalizingFlow`). Defaults to ``"vgg"``.
+        likelihood: ``"bernoulli"`` or ``"logistic"``. Defaults to ``"bernoulli"``.
+        beta: Eq. 9 weight of the positive class (Bernoulli only); None for the plain Bernoulli. Defaults to None.
+        hidden_channels: width of the head. Defaults to 64.
+        scale: target size / ``x`` size. Defaults to 1.
+        conditioner_kwargs: arguments of the named conditioner. Defaults to None.
+        cond_channels: channels per level of a custom conditioner without ``out_channels``. Defaults to None.
+        residual: logistic only: predict a correction of the upsampled ``x``. Defaults to True.
+
+    Example:
+        >>> model = FactoredBaseline(spatial_dims=2, in_channels=3, out_channels=1, num_levels=2,
+        ...                          hidden_channels=8, conditioner_kwargs={"feature_channels": (8, 16)})
+        >>> x, y = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+        >>> model.log_prob(y, x).shape, model.sample(x, num_samples=3).shape, model(x).shape
+        (torch.Size([2]), torch.Size([3, 2, 1, 16, 16]), torch.Size([2, 1, 16, 16]))
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        num_levels: int = 2,
+        conditioner: str | nn.Module = "vgg",
+        likelihood: str = "bernoulli",
+        beta: float | None = None,
+        hidden_channels: int = 64,
+        scale: int = 1,
+        conditioner_kwargs: dict[str, Any] | None = None,
+        cond_channels: Sequence[int] | None = None,
+        residual: bool = True,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"`spatial_dims` must be 2 or 3, got {spatial_dims}.")
+        if in_channels < 1 or out_channels < 1 or hidden_channels < 1:
+            raise ValueError(
+                "`in_channels`, `out_channels` and `hidden_channels` must be >= 1, got "
+                f"{in_channels}, {out_channels}, {hidden_channels}."
+            )
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"`likelihood` must be one of {LIKELIHOODS}, got {likelihood!r}.")
+        if beta is not None and (likelihood != "bernoulli" or not 0.0 <= float(beta) <= 1.0):
+            raise ValueError(f"`beta` must be in [0, 1] and needs likelihood='bernoulli'; got {beta} ({likelihood}).")
+        if int(scale) != scale or scale < 1:
+            raise ValueError(f"`scale` must be a positive integer (target size / x size), got {scale}.")
+        if int(num_levels) < 1:
+            raise ValueError(f"`num_levels` must be >= 1, got {num_levels}.")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.num_levels = int(num_levels)
+        self.likelihood = likelihood
+        self.beta = None if beta is None else float(beta)
+        self.scale = int(scale)
+        self.num_bins = 256
+        self.residual = bool(residual) and likelihood == "logistic" and in_channels == out_channels
+        self.conditioner, self.cond_channels = build_conditioner(
+            conditioner, spatial_dims, in_channels, self.num_levels, self.scale, conditioner_kwargs, cond_channels
+        )
+        conv = get_conv_type(spatial_dims)
+        self.project = nn.ModuleList([conv(c, hidden_channels, 1) for c in self.cond_channels])
+        per_pixel = 1 if likelihood == "bernoulli" else 2
+        self.out = nn.Sequential(
+            nn.ReLU(),
+            conv(hidden_channels, hidden_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            # zero-initialised: the model starts at p = 0.5 (Bernoulli) or at the interpolated image with scale
+            # e^_INIT_LOG_SCALE grey levels (logistic)
+            zero_init_(conv(hidden_channels, out_channels * per_pixel, 1)),
+        )
+
+    @property
+    def divisor(self) -> int:
+        """Target spatial sizes must be divisible by this (``2**num_levels``)."""
+        return 2**self.num_levels
+
+    def _conds(self, x: Tensor) -> list[Tensor]:
+        check_condition_image(x, self.spatial_dims, self.in_channels, self.divisor, self.scale)
+        conds = self.conditioner(x)
+        if isinstance(conds, Tensor) or len(conds) != self.num_levels:
+            raise ValueError(f"the conditioner must return a list of num_levels={self.num_levels} feature maps.")
+        for level, (h, c) in enumerate(zip(conds, self.cond_channels, strict=True)):
+            expected = (x.shape[0], c, *(s * self.scale // 2 ** (level + 1) for s in x.shape[2:]))
+            if tuple(h.shape) != expected:
+                raise ValueError(
+                    f"the conditioner returned conds[{level}] of shape {tuple(h.shape)}; expected {expected} "
+                    f"(the target's size / 2**{level + 1} with {c} channels)."
+                )
+        return list(conds)
+
+    def head(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """Per-pixel parameters: logits ``(B, out_channels, *target_spatial)`` (Bernoulli) or ``(mean, log_scale)``
+        in grey levels (logistic)."""
+        conds = self._conds(x)
+        a = self.project[-1](conds[-1])
+        for level in range(self.num_levels - 2, -1, -1):
+            a = F.interpolate(a, scale_factor=2, mode="nearest") + self.project[level](conds[level])
+        out = self.out(F.interpolate(a, scale_factor=2, mode="nearest"))
+        if self.likelihood == "bernoulli":
+            return out
+        raw_mean, log_scale = out[:, : self.out_channels], out[:, self.out_channels :] + _INIT_LOG_SCALE
+        if self.residual:
+            base = (
+                x
+                if self.scale == 1
+                else F.interpolate(
+                    x, scale_factor=self.scale, mode="bilinear" if self.spatial_dims == 2 else "trilinear"
+                )
+            )
+            return 255.0 * base + 127.5 * raw_mean, log_scale
+        return 127.5 + 127.5 * raw_mean, log_scale
+
+    def _model_logits(self, logits: Tensor) -> Tensor:
+        """Logit of the model's ``P(y = 1 | x)``: ``l`` (plain) or ``beta log p - (1 - beta) log(1 - p)`` (Eq. 9)."""
+        if self.beta is None:
+            return logits
+        return self.beta * F.logsigmoid(logits) - (1.0 - self.beta) * F.logsigmoid(-logits)
+
+    def probabilities(self, x: Tensor) -> Tensor:
+        """Bernoulli only: the soft map ``P(y = 1 | x)`` of the model whose likelihood :meth:`log_prob` reports.
+
+        Without ``beta`` this is ``sigmoid(head(x))``; with ``beta`` it is the normalised Eq. 9 probability, a
+        monotone function of ``sigmoid(head(x))`` (same ranking, hence the same PR curve).
+        """
+        if self.likelihood != "bernoulli":
+            raise ValueError("`probabilities` is defined for likelihood='bernoulli' only; use `head` for logistic.")
+        return torch.sigmoid(self._model_logits(self.head(x)))  # type: ignore[arg-type]
+
+    def log_prob(self, y: Tensor, x: Tensor, num_samples: int = 1) -> Tensor:
+        """Exact ``log p(y | x)`` in nats, shape ``(B,)`` (``num_samples`` is accepted for API parity, unused)."""
+        kind = "binary" if self.likelihood == "bernoulli" else "uniform"
+        check_target(y, x, self.out_channels, self.divisor, self.scale, kind, self.num_bins)
+        params = self.head(x)
+        if self.likelihood == "bernoulli":
+            ll = weighted_bernoulli_log_likelihood(params, y, beta=self.beta, normalize=True)  # type: ignore[arg-type]
+        else:
+            mean, log_scale = params  # type: ignore[misc]
+            ll = discretized_logistic_log_likelihood(y, mean, log_scale, num_bins=self.num_bins)
+        return ll.flatten(1).sum(1)
+
+    def bits_per_dim(self, y: Tensor, x: Tensor, num_samples: int = 1) -> Tensor:
+        """``-log_prob(y, x) / (D ln 2)``, ``D`` the number of elements of one ``y``; shape ``(B,)``."""
+        return -self.log_prob(y, x) / (y[0].numel() * math.log(2.0))
+
+    @torch.no_grad()
+    def sample(
+        self, x: Tensor, num_samples: int = 4, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Independent per-pixel samples ``(S, B, out_channels, *target_spatial)``.
+
+        Temperature ``tau`` divides the Bernoulli logit (``P(y=1) = sigmoid(logit / tau)``) and multiplies the
+        logistic scale; ``tau = 1`` samples the model itself and ``tau = 0`` returns the mode (:meth:`forward`).
+        Bernoulli samples are exactly {0, 1}; logistic samples are the continuous logistic rounded to the nearest
+        integer and clamped to [0, 255], which is exactly the discretized logistic.
+        """
+        if int(num_samples) < 1:
+            raise ValueError(f"`num_samples` must be >= 1, got {num_samples}.")
+        if temperature < 0:
+            raise ValueError(f"`temperature` must be >= 0, got {temperature}.")
+        if temperature == 0:
+            mode = self.forward(x)
+            return mode.unsqueeze(0).expand(int(num_samples), *mode.shape).clone()
+        params = self.head(x)
+        if self.likelihood == "bernoulli":
+            p = torch.sigmoid(self._model_logits(params) / temperature)  # type: ignore[operator]
+            p = p.unsqueeze(0).expand(int(num_samples), *p.shape)
+            return torch.bernoulli(p, generator=generator)
+        mean, log_scale = params  # type: ignore[misc]
+        shape = (int(num_samples), *mean.shape)
+        u = torch.rand(shape, generator=generator, device=mean.device, dtype=mean.dtype).clamp_(1e-7, 1 - 1e-7)
+        z = mean + temperature * log_scale.exp() * (torch.log(u) - torch.log1p(-u))
+        return torch.round(z).clamp_(0, self.num_bins - 1)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        """Per-pixel mode ``(B, out_channels, *target_spatial)`` (deterministic; for MONAI inferers).
+
+        Bernoulli: ``P(y = 1 | x) > 0.5``. Logistic: the most probable of the bins 0, 255 and the one nearest the
+        mean (a symmetric unimodal density gives the interior bin nearest its centre the most mass), exactly.
+        """
+        params = self.head(x)
+        if self.likelihood == "bernoulli":
+            return (self._model_logits(params) > 0).to(params.dtype)  # type: ignore[operator, union-attr]
+        mean, log_scale = params  # type: ignore[misc]
+        candidates = torch.stack(
+            [torch.round(mean).clamp(0, self.num_bins - 1), torch.zeros_like(mean), torch.full_like(mean, 255.0)]
+        )
+        log_p = discretized_logistic_log_likelihood(candidates, mean.unsqueeze(0), log_scale.unsqueeze(0))
+        return torch.gather(candidates, 0, log_p.argmax(0, keepdim=True))[0]

@@ -1,0 +1,100 @@
+"""SampleInferer (chunked moments, temperature, sliding windows, metadata) and FlowEvaluator + BitsPerDim."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from monai.data import MetaTensor
+from torch.utils.data import DataLoader
+
+from monai_cnf.engines import BitsPerDim, FlowEvaluator, SampleInferer
+
+
+class _Counter(torch.nn.Module):
+    """Sample k (k = 0, 1, ...) is x * k exactly: mean and std are known in closed form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.k = 0
+        self.calls: list[tuple[int, float, tuple]] = []
+
+    def sample(self, x: torch.Tensor, num_samples: int = 1, temperature: float = 1.0) -> torch.Tensor:
+        self.calls.append((num_samples, temperature, tuple(x.shape)))
+        ks = torch.arange(self.k, self.k + num_samples, dtype=x.dtype)
+        self.k += num_samples
+        return ks.view(-1, *([1] * x.dim())) * x.unsqueeze(0)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 10])
+def test_mean_std_samples_with_chunks(chunk: int) -> None:
+    x = torch.rand(2, 1, 4, 4) + 0.5
+    net = _Counter()
+    out = SampleInferer(num_samples=10, temperature=0.7, chunk_size=chunk, return_std=True, return_samples=True)(x, net)
+    k = torch.arange(10.0)
+    assert torch.allclose(out["pred"], x * k.mean(), rtol=1e-6)
+    assert torch.allclose(out["std"], x * k.std(unbiased=False), rtol=1e-5)
+    assert out["samples"].shape == (10, 2, 1, 4, 4)
+    assert torch.allclose(out["samples"][7], 7 * x)
+    assert max(c[0] for c in net.calls) == chunk and sum(c[0] for c in net.calls) == 10
+    assert all(c[1] == 0.7 for c in net.calls)
+
+
+def test_temperature_zero_draws_once() -> None:
+    net = _Counter()
+    x = torch.ones(1, 1, 4, 4)
+    mean = SampleInferer(num_samples=50, temperature=0.0)(x, net)
+    assert [c[0] for c in net.calls] == [1] and mean.shape == x.shape
+
+
+def test_sliding_window_matches_whole_image_and_bounds_windows() -> None:
+    class _PerCall(_Counter):  # every call restarts at k = 0: each window sees the same 6 samples as the whole
+        def sample(self, x, num_samples=1, temperature=1.0):
+            self.k = 0
+            return super().sample(x, num_samples, temperature)
+
+    x = torch.rand(1, 1, 16, 12) + 0.5
+    whole = SampleInferer(num_samples=6, chunk_size=6, return_std=True)(x, _PerCall())
+    net = _PerCall()
+    win = SampleInferer(num_samples=6, chunk_size=6, return_std=True, roi_size=(8, 8), overlap=0.5, mode="gaussian")(
+        x, net
+    )
+    assert max(c[2][2] for c in net.calls) <= 8 and max(c[2][3] for c in net.calls) <= 8  # windows, not the image
+    assert len(net.calls) > 1
+    k = torch.arange(6.0)
+    assert torch.allclose(whole["pred"], x * k.mean(), rtol=1e-5)
+    assert torch.allclose(win["pred"], whole["pred"], rtol=1e-4)
+    assert torch.allclose(win["std"], whole["std"], rtol=1e-4)
+
+
+def test_metatensor_in_metatensor_out() -> None:
+    x = MetaTensor(torch.ones(1, 1, 4, 4), meta={"filename_or_obj": "a.png"})
+    mean = SampleInferer(num_samples=2)(x, _Counter())
+    assert isinstance(mean, MetaTensor) and mean.meta["filename_or_obj"] == "a.png"
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="num_samples"):
+        SampleInferer(num_samples=0)
+    with pytest.raises(ValueError, match="temperature"):
+        SampleInferer(temperature=-1)
+    with pytest.raises(ValueError, match="sample"):
+        SampleInferer()(torch.ones(1, 1, 4, 4), torch.nn.Identity())
+
+
+def test_evaluator_bits_per_dim_and_mean(tiny_flow, tiny_data) -> None:
+    tiny_flow.initialized.fill_(True)
+    loader = DataLoader(tiny_data[:8], batch_size=4)
+    evaluator = FlowEvaluator(
+        "cpu",
+        loader,
+        tiny_flow,
+        inferer=SampleInferer(num_samples=4, temperature=0.0),
+        key_val_metric={"val_bpd": BitsPerDim()},
+    )
+    evaluator.run()
+    x = torch.stack([d["image"] for d in tiny_data[:8]])
+    y = torch.stack([d["label"] for d in tiny_data[:8]])
+    expected = (-tiny_flow.log_prob(y, x) / (16 * math.log(2.0))).mean().item()
+    assert evaluator.state.metrics["val_bpd"] == pytest.approx(expected, rel=1e-5)
