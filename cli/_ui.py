@@ -44,4 +44,6 @@ def ui_command(tracking_uri: str, port: int, artifacts: Path | None = None, host
         host,
         "--port",
         str(port),
+        "--workers",  # one local user: one worker starts in a fraction of the time of MLflow's default four
+        "1",
     ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +74,7 @@ def analyse_segmentation(
     num_bins: int = 10,
     num_grid_images: int = 2,
     num_grid_samples: int = 4,
+    grid_crop: Sequence[tuple[int, int]] | None = None,
 ) -> CalibrationReport:
     """Compare binary segmentation models by their samples: PR curves, PR scatter, calibration, GED, HM-IoU.
 
@@ -103,6 +104,8 @@ def analyse_segmentation(
         num_bins: reliability / ECE bins. Defaults to 10.
         num_grid_images: images that get a sample grid. Defaults to 2.
         num_grid_samples: samples per model in a grid. Defaults to 4.
+        grid_crop: optional ``(start, stop)`` per spatial dim: the grids show this detail (as Fig. 4).
+            Defaults to None (whole images).
 
     Returns:
         :class:`CalibrationReport`.
@@ -167,7 +170,9 @@ def analyse_segmentation(
         if index < num_grid_images:
             path = out / f"samples_{_file_stem(case.name, index)}.png"
             report.plots.append(
-                plot_sample_grid(case.image, case.observers, case.samples, path, means, num_grid_samples, case.name)
+                plot_sample_grid(
+                    case.image, case.observers, case.samples, path, means, num_grid_samples, case.name, grid_crop
+                )
             )
         n_images += 1
         logger.debug("calibration: analysed image %d (%s)", index, case.name)

@@ -183,6 +183,7 @@ def plot_sample_grid(
     mean_maps: Mapping[str, np.ndarray] | None = None,
     num_samples: int = 4,
     title: str = "",
+    crop: Sequence[tuple[int, int]] | None = None,
 ) -> Path:
     """Sample grid (paper Fig. 4): the image and the observers, then per model a few samples, the mean and std.
 
@@ -198,14 +199,24 @@ def plot_sample_grid(
         mean_maps: optional model name -> mean map (defaults to the mean of the samples). Defaults to None.
         num_samples: samples shown per model. Defaults to 4.
         title: figure title. Defaults to "".
+        crop: optional ``(start, stop)`` per spatial dim to show a detail (as the paper's Fig. 4), e.g.
+            ``[(200, 328), (200, 328)]``. Defaults to None (the whole image).
 
     Returns:
         the PNG path.
     """
+    if crop is not None:
+        if len(crop) != np.asarray(image).ndim - 1:
+            raise ValueError(f"`crop` needs one (start, stop) per spatial dim of `image`, got {crop}.")
+        sl = tuple(slice(int(a), int(b)) for a, b in crop)
+        image = np.asarray(image)[(slice(None), *sl)]
+        observers = [np.asarray(o)[sl] for o in observers]
+        samples = {n: np.asarray(v)[(slice(None), *sl)] for n, v in samples.items()}
+        mean_maps = {n: np.asarray(v)[sl] for n, v in (mean_maps or {}).items()}
     k = max(1, int(num_samples))
     ncols = max(k + 2, 1 + len(observers))
     nrows = 1 + len(samples)
-    fig = Figure(figsize=(1.9 * ncols, 2.0 * nrows))
+    fig = Figure(figsize=(2.4 * ncols, 2.5 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")

@@ -322,6 +322,7 @@ def make_synthetic_drive(
             for f in (root / split).rglob("*") if (root / split).is_dir() else []:
                 if f.is_file() and f.suffix in (".tif", ".gif"):
                     f.unlink()
+    root.mkdir(parents=True, exist_ok=True)
     _write_manifest(manifest, settings, complete=False)
     specs = [("training", 0, int(num_train), 21), ("test", 1, int(num_test), 1)]
     for split, code, n, first in specs:

@@ -364,11 +364,14 @@ class ConditionalNormalizingFlow(nn.Module):
         while done < num_samples:
             k = min(int(batch_size), num_samples - done)
             # noise is drawn sample by sample, so a generator gives the same samples for any batch_size
-            draws = [
-                [torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype) for shape in shapes]
-                for _ in range(k)
-            ]
-            zs = [torch.cat([d[i] for d in draws], dim=0) * temperature for i in range(len(shapes))]
+            if temperature == 0:
+                zs = [x.new_zeros((k * shape[0], *shape[1:])) for shape in shapes]
+            else:
+                draws = [
+                    [torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype) for shape in shapes]
+                    for _ in range(k)
+                ]
+                zs = [torch.cat([d[i] for d in draws], dim=0) * temperature for i in range(len(shapes))]
             w = self.flow.decode(zs, [self._repeat(h, k) for h in conds])
             out.append(self._quantize_centred(w).view(k, x.shape[0], *w.shape[1:]))
             done += k

@@ -79,7 +79,9 @@ def test_analyse_segmentation_plots_and_metrics(tmp_path: Path) -> None:
     def stream() -> Iterator[SegmentationCase]:  # consumed once, like the CLI's lazy sampler
         yield from cases
 
-    report = analyse_segmentation(stream(), tmp_path / "out", num_bins=5, num_grid_images=2, num_grid_samples=3)
+    report = analyse_segmentation(
+        stream(), tmp_path / "out", num_bins=5, num_grid_images=2, num_grid_samples=3, grid_crop=[(2, 14), (0, 10)]
+    )
     _check_pngs(report.plots)
     names = sorted(p.name for p in report.plots)
     assert names == [
@@ -153,6 +155,8 @@ def test_analyse_segmentation_bad_input(tmp_path: Path) -> None:
     bad.samples = {"cnf/x": bad.samples["cnf"]}
     with pytest.raises(ValueError, match="model name"):
         analyse_segmentation([bad], tmp_path)
+    with pytest.raises(ValueError, match="crop"):
+        analyse_segmentation(_cases(n=1), tmp_path, grid_crop=[(0, 4)])
 
 
 def test_bernoulli_samples_frequency() -> None:

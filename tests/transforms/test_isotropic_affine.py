@@ -177,3 +177,14 @@ def test_argument_errors():
         RandIsotropicAffine(shear_std=-1.0)
     with pytest.raises(ValueError, match="rotate_range"):
         RandIsotropicAffine(rotate_range=(1.0, 2.0, 3.0, 4.0))
+
+
+def test_picklable_for_dataloader_workers():
+    import pickle
+
+    t = RandIsotropicAffined(["image"], uniform_rotation=True)
+    clone = pickle.loads(pickle.dumps(t))
+    x = {"image": torch.rand(1, 12, 12, 12)}
+    t.set_random_state(4)
+    clone.set_random_state(4)
+    assert torch.equal(t(x)["image"], clone(x)["image"])

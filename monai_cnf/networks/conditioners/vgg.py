@@ -132,10 +132,10 @@ class VGGConditioner(nn.Module):
                 f"got {tuple(x.shape)}."
             )
         deepest = [s // 2**self.num_levels for s in x.shape[2:]]
-        if self.training and math.prod(deepest) < 2:
+        if math.prod(deepest) < 2:
             raise ValueError(
                 f"`x` of spatial size {tuple(x.shape[2:])} leaves {tuple(deepest)} at the deepest level, where "
-                "InstanceNorm needs more than one element in training; use larger patches (e.g. "
+                "InstanceNorm needs more than one element; use larger patches (e.g. "
                 f"monai.transforms.RandSpatialCropd with roi_size >= {2 ** (self.num_levels + 1)}) or fewer levels."
             )
         feats: list[torch.Tensor] = []
