@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import statistics
@@ -133,37 +134,42 @@ class FrEIAFlow:
         return self.inn(zs, c=conds, rev=True, jac=False)[0]
 
 
-def build(impl: str, device: torch.device, freia_block: str) -> Ours | FrEIAFlow:
+def build(impl: str, device: torch.device, freia_block: str, channels_last: bool = False) -> Ours | FrEIAFlow:
     torch.manual_seed(0)
-    return Ours(device) if impl == "ours" else FrEIAFlow(device, freia_block)
+    flow = Ours(device) if impl == "ours" else FrEIAFlow(device, freia_block)
+    if channels_last:
+        module(flow).to(memory_format=torch.channels_last)
+    return flow
+
+
+def module(flow: Ours | FrEIAFlow) -> nn.Module:
+    return flow.model if isinstance(flow, Ours) else flow.inn
 
 
 def num_params(flow: Ours | FrEIAFlow) -> int:
-    module = flow.model if isinstance(flow, Ours) else flow.inn
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return sum(p.numel() for p in module(flow).parameters() if p.requires_grad)
+
+
+def inputs_for(args: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    y, conds = make_inputs(args.batch, device)
+    if args.channels_last:
+        y = y.contiguous(memory_format=torch.channels_last)
+        conds = [c.contiguous(memory_format=torch.channels_last) for c in conds]
+    if args.cond_grad:  # the conditioner is trained jointly: gradients flow into the features
+        conds = [c.requires_grad_() for c in conds]
+    return y, conds
 
 
 # --------------------------------------------------------------------------------------------- measurements
-def _median_time(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
-    fn()  # warm-up (ActNorm data init, allocator, kernels)
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def train_step_fn(flow: Ours | FrEIAFlow, y: torch.Tensor, conds: list[torch.Tensor]) -> Callable[[], float]:
-    module = flow.model if isinstance(flow, Ours) else flow.inn
-    params = [p for p in module.parameters() if p.requires_grad]
+    params = [p for p in module(flow).parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-4)
     dims = y[0].numel()
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
+        for c in conds:
+            c.grad = None
         loss = flow.nll(y, conds).mean() / (dims * 0.6931471805599453)  # bits/dim
         loss.backward()
         opt.step()
@@ -172,16 +178,61 @@ def train_step_fn(flow: Ours | FrEIAFlow, y: torch.Tensor, conds: list[torch.Ten
     return step
 
 
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call."""
+    _sync(device)
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    _sync(device)
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device) -> dict[str, dict[str, float]]:
+    """Median wall and CPU time of each function, calls interleaved (ABAB...) so that load changes on a shared
+    machine hit every implementation alike; one warm-up call each (ActNorm init, allocator, kernels)."""
+    for fn in fns.values():
+        fn()
+    walls: dict[str, list[float]] = {k: [] for k in fns}
+    cpus: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            w, c = timed(fn, device)
+            walls[key].append(w)
+            cpus[key].append(c)
+    return {k: {"wall": statistics.median(walls[k]), "cpu": statistics.median(cpus[k])} for k in fns}
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
 
 
-def conv_reference(batch: int, device: torch.device, repeats: int) -> dict[str, float]:
+def saved_activation_bytes(flow: Ours | FrEIAFlow, y: torch.Tensor, conds: list[torch.Tensor]) -> int:
+    """Bytes of the distinct tensor storages autograd keeps for the backward pass of the NLL (parameters excluded).
+
+    Deterministic (unlike the RSS of a shared machine): the activation memory a training step holds at its peak,
+    before the backward pass frees it.
+    """
+    params = {p.untyped_storage().data_ptr() for p in module(flow).parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = flow.nll(y, conds).mean()
+    del loss
+    return sum(seen.values())
+
+
+def conv_reference(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     """GFLOP/s of the flow's own subnet convolutions run as a plain stack (forward + backward), no flow around."""
     torch.manual_seed(0)
-    make = conv_subnet_factory(2, HIDDEN)
+    make = conv_subnet_factory(2, HIDDEN, recompute_hidden=False)
     stacks, inputs = [], []
     channels = IN_CHANNELS
     for lvl in range(LEVELS):
@@ -191,47 +242,58 @@ def conv_reference(batch: int, device: torch.device, repeats: int) -> dict[str, 
         for _ in range(STEPS):
             net = make(passive + COND_CHANNELS, 2 * active).to(device)
             nn.init.normal_(net[-1].weight, std=0.01)
+            x = torch.randn(args.batch, passive + COND_CHANNELS, size, size, device=device)
+            if args.channels_last:
+                net.to(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
             stacks.append(net)
-            inputs.append(torch.randn(batch, passive + COND_CHANNELS, size, size, device=device, requires_grad=True))
-        channels = passive if lvl < LEVELS - 1 else channels
+            inputs.append(x.requires_grad_())
+        channels = passive
 
     def run() -> None:
         total = sum(net(x).square().mean() for net, x in zip(stacks, inputs, strict=True))
         total.backward()
 
     flops = count_flops(run)
-    seconds = _median_time(run, repeats, device)
-    return {"conv_flops": flops, "conv_s": seconds, "conv_gflops": flops / seconds / 1e9}
+    t = interleaved({"conv": run}, args.repeats, device)["conv"]
+    return {"flops": flops, "wall": t["wall"], "cpu": t["cpu"]}
 
 
 def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
+def _current_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def worker(args: argparse.Namespace) -> dict[str, Any]:
-    """Runs in a fresh process: one implementation, train-step time + peak memory, sampling time, FLOPs."""
+    """Fresh process, one implementation: growth of the peak memory over two training steps."""
     device = torch.device(args.device)
-    flow = build(args.impl, device, args.freia_block)
-    y, conds = make_inputs(args.batch, device)
+    flow = build(args.impl, device, args.freia_block, args.channels_last)
+    y, conds = inputs_for(args, device)
     step = train_step_fn(flow, y, conds)
-    result: dict[str, Any] = {"impl": args.impl, "params": num_params(flow)}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
-        base = _peak_rss_bytes()
-    result["train_s"] = _median_time(step, args.repeats, device)
+        # the parent sets MALLOC_MMAP_THRESHOLD_ so freed blocks go back to the OS: the current RSS then tracks live
+        # memory and the peak RSS growth over it is the step's peak (provided set-up peaked lower, checked below)
+        base = _current_rss_bytes()
+        if _peak_rss_bytes() > base + 2**20:
+            logging.getLogger(__name__).warning(
+                "set-up peak exceeds the current RSS: the step peak may be underestimated"
+            )
+    step()
+    step()
+    _sync(device)
     if device.type == "cuda":
-        result["train_peak_bytes"] = torch.cuda.max_memory_allocated(device) - base
+        peak = torch.cuda.max_memory_allocated(device) - base
     else:
-        result["train_peak_bytes"] = _peak_rss_bytes() - base
-    result["train_flops"] = count_flops(step)
-    module = flow.model if isinstance(flow, Ours) else flow.inn
-    module.eval()
-    with torch.no_grad():
-        result["sample_s"] = _median_time(lambda: flow.sample(conds), args.repeats, device)
-    return result
+        peak = _peak_rss_bytes() - base
+    return {"impl": args.impl, "train_peak_bytes": peak}
 
 
 def profile(args: argparse.Namespace) -> None:
@@ -240,16 +302,16 @@ def profile(args: argparse.Namespace) -> None:
 
     device = torch.device(args.device)
     for impl in ("ours", "freia"):
-        flow = build(impl, device, args.freia_block)
-        y, conds = make_inputs(args.batch, device)
+        flow = build(impl, device, args.freia_block, args.channels_last)
+        y, conds = inputs_for(args, device)
         step = train_step_fn(flow, y, conds)
         step()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with tprofile(activities=activities, record_shapes=False) as prof:
+        with tprofile(activities=activities) as prof:
             step()
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(f"=== {impl}: training step profile ===")
-        print(prof.key_averages().table(sort_by=sort, row_limit=18))
+        print(prof.key_averages().table(sort_by=sort, row_limit=15))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -260,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="batch 2 and 2 repeats (same architecture).")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads. Default: torch's default.")
     parser.add_argument("--freia-block", choices=["allinone", "glow"], default="allinone")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last tensors and weights (both).")
+    parser.add_argument("--cond-grad", action="store_true", help="features require grad (conditioner trained jointly).")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables and exit.")
     parser.add_argument("--impl", choices=["ours", "freia"], help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args(argv)
@@ -276,44 +340,69 @@ def main(argv: list[str] | None = None) -> None:
 
     device = torch.device(args.device)
     print(
-        f"workload: y (B={args.batch}, {IN_CHANNELS}, {SIZE}, {SIZE}), conds {COND_CHANNELS} ch per level, L={LEVELS}, "
-        f"K={STEPS}, hidden {HIDDEN}, affine; device {device}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, repeats {args.repeats}; FrEIA block: {args.freia_block}"
+        f"workload: y ({args.batch}, {IN_CHANNELS}, {SIZE}, {SIZE}), conds {COND_CHANNELS} ch per level, L={LEVELS}, "
+        f"K={STEPS}, hidden {HIDDEN}, affine; features {'trained (require grad)' if args.cond_grad else 'fixed'}; "
+        f"{'channels_last' if args.channels_last else 'contiguous'}; device {device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {args.repeats} repeats (interleaved); FrEIA block: {args.freia_block}"
     )
-    results = {}
-    for impl in ("ours", "freia"):
-        cmd = [sys.executable, __file__, "--impl", impl, "--device", args.device, "--repeats", str(args.repeats)]
-        cmd += ["--batch", str(args.batch), "--freia-block", args.freia_block]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy()).stdout
-        results[impl] = json.loads(out.strip().splitlines()[-1])
-    conv = conv_reference(args.batch, device, args.repeats)
-    ours, freia = results["ours"], results["freia"]
+    flows = {impl: build(impl, device, args.freia_block, args.channels_last) for impl in ("ours", "freia")}
+    data = {impl: inputs_for(args, device) for impl in flows}
+    info: dict[str, dict[str, float]] = {}
+    steps = {}
+    for impl, flow in flows.items():
+        y, conds = data[impl]
+        steps[impl] = train_step_fn(flow, y, conds)
+        steps[impl]()  # ActNorm data init before counting
+        info[impl] = {
+            "params": num_params(flow),
+            "flops": count_flops(steps[impl]),
+            "saved": saved_activation_bytes(flow, y, conds),
+        }
+    train = interleaved(steps, args.repeats, device)
+    for flow in flows.values():
+        module(flow).eval()
+    with torch.no_grad():
+        sample = interleaved(
+            {impl: (lambda f=flow, c=data[impl][1]: f.sample(c)) for impl, flow in flows.items()}, args.repeats, device
+        )
+    for impl in flows:
+        cmd = [sys.executable, __file__, "--impl", impl, "--device", args.device, "--batch", str(args.batch)]
+        cmd += ["--freia-block", args.freia_block] + (["--threads", str(args.threads)] if args.threads else [])
+        cmd += (["--channels-last"] if args.channels_last else []) + (["--cond-grad"] if args.cond_grad else [])
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+        info[impl]["peak"] = json.loads(out.strip().splitlines()[-1])["train_peak_bytes"]
+    conv = conv_reference(args, device)
+
+    ours, freia = info["ours"], info["freia"]
     mib = 2.0**20
-    print(f"{'':24s}{'ours':>12s}{'FrEIA':>12s}{'ours/FrEIA':>12s}")
-    print(f"{'parameters':24s}{ours['params']:12d}{freia['params']:12d}{ours['params'] / freia['params']:12.2f}")
-    for key, label, scale, fmt in (
-        ("train_s", "train step [ms]", 1e3, ".1f"),
-        ("sample_s", "sample [ms]", 1e3, ".1f"),
-        ("train_peak_bytes", "train peak mem [MiB]", 1 / mib, ".1f"),
-        ("train_flops", "train GFLOP", 1e-9, ".2f"),
-    ):
-        a, b = ours[key] * scale, freia[key] * scale
-        print(f"{label:24s}{a:12{fmt}}{b:12{fmt}}{a / b:12.2f}")
-    ours_gflops = ours["train_flops"] / ours["train_s"] / 1e9
-    freia_gflops = freia["train_flops"] / freia["train_s"] / 1e9
-    print(f"{'train GFLOP/s':24s}{ours_gflops:12.1f}{freia_gflops:12.1f}")
+    rows = [
+        ("parameters", ours["params"], freia["params"], "d"),
+        ("train GFLOP (fwd+bwd)", ours["flops"] / 1e9, freia["flops"] / 1e9, ".2f"),
+        ("train step wall [ms]", train["ours"]["wall"] * 1e3, train["freia"]["wall"] * 1e3, ".0f"),
+        ("train step CPU [ms]", train["ours"]["cpu"] * 1e3, train["freia"]["cpu"] * 1e3, ".0f"),
+        ("sample wall [ms]", sample["ours"]["wall"] * 1e3, sample["freia"]["wall"] * 1e3, ".0f"),
+        ("sample CPU [ms]", sample["ours"]["cpu"] * 1e3, sample["freia"]["cpu"] * 1e3, ".0f"),
+        ("saved activations [MiB]", ours["saved"] / mib, freia["saved"] / mib, ".1f"),
+        ("train peak mem [MiB]", ours["peak"] / mib, freia["peak"] / mib, ".1f"),
+    ]
+    print(f"{'':26s}{'ours':>12s}{'FrEIA':>12s}{'ours/FrEIA':>12s}")
+    for label, a, b, fmt in rows:
+        print(f"{label:26s}{a:12{fmt}}{b:12{fmt}}{a / b:12.2f}")
+    clock = "cpu" if device.type == "cpu" else "wall"
+    g_ours = ours["flops"] / train["ours"][clock] / 1e9
+    g_freia = freia["flops"] / train["freia"][clock] / 1e9
+    g_conv = conv["flops"] / conv[clock] / 1e9
     print(
-        f"plain conv stack (the same subnet convs, fwd+bwd): {conv['conv_gflops']:.1f} GFLOP/s "
-        f"({conv['conv_flops'] / 1e9:.2f} GFLOP in {conv['conv_s'] * 1e3:.1f} ms); "
-        f"ours achieves {100 * ours_gflops / conv['conv_gflops']:.0f}% of it, FrEIA "
-        f"{100 * freia_gflops / conv['conv_gflops']:.0f}%"
+        f"GFLOP/s ({clock} time): ours {g_ours:.1f}, FrEIA {g_freia:.1f}, plain conv stack of the same subnet convs "
+        f"(fwd+bwd, {conv['flops'] / 1e9:.2f} GFLOP) {g_conv:.1f} -> ours at {100 * g_ours / g_conv:.0f}% of it"
     )
+    peak_kind = "CUDA max allocated" if device.type == "cuda" else "RSS growth, fresh process"
     print(
-        f"targets: step <= 0.70x FrEIA: {ours['train_s'] / freia['train_s']:.2f}x; "
-        f"peak memory <= 0.80x FrEIA: {ours['train_peak_bytes'] / freia['train_peak_bytes']:.2f}x; "
-        f">= 50% of conv throughput: {100 * ours_gflops / conv['conv_gflops']:.0f}%"
+        f"targets: step <= 0.70x FrEIA: {train['ours'][clock] / train['freia'][clock]:.2f}x ({clock}); "
+        f"peak memory <= 0.80x FrEIA: {ours['peak'] / freia['peak']:.2f}x ({peak_kind}), "
+        f"{ours['saved'] / freia['saved']:.2f}x (saved activations); "
+        f">= 50% of conv throughput: {100 * g_ours / g_conv:.0f}%"
     )
 
 

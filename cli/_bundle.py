@@ -6,7 +6,6 @@ Only the standard library is imported at module level; MONAI is imported by the 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,10 @@ __all__ = [
     "Bundle",
     "check_json",
     "compose_config_files",
+    "export_config",
     "load_bundle",
     "make_workflow",
+    "missing_keys",
     "parse_overrides",
     "resolve_device",
     "resolve_preset",
@@ -212,8 +213,3 @@ def export_config(workflow: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ConfigParser.export_config_file(workflow.parser.get(), str(path), indent=2)
     return path
-
-
-def env_path(value: str | os.PathLike | None) -> str | None:
-    """An absolute path string, or ``None``."""
-    return None if value is None else str(Path(value).expanduser().absolute())

@@ -7,7 +7,6 @@ chooses the config files and overrides, protects what a run folder already holds
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -142,8 +141,7 @@ def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
             value = float(v)
         except (TypeError, ValueError):
             continue
-        if math.isfinite(value) or math.isnan(value):
-            out[str(k)] = value
+        out[str(k)] = value
     return out
 
 
@@ -266,6 +264,7 @@ def run_training(
             "preset / model": f"{preset} / {model}",
             "configs": " + ".join(p.name for p in files),
             "checkpoints": str(run_dir / "checkpoints"),
+            "weights (best / final)": str(find_checkpoint(run_dir) or "(none)"),
             "resolved config": str(config_path),
             "MLflow run": run_id or "(none stored)",
             "MLflow store": uri,

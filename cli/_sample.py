@@ -260,7 +260,7 @@ def run_sampling(
             "checkpoint": str(checkpoint),
             "network": source,
             "samples / temperature": f"{num_samples} / {temperature}",
-            "seed": str(seed),
+            "seed": "random" if seed is None else str(seed),
             "device": device,
         }
     )

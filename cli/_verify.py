@@ -60,22 +60,30 @@ def _describe_io(io: dict[str, Any]) -> str:
     return f"{io.get('num_channels')} channel(s), spatial {io.get('spatial_shape')}, range {io.get('value_range')}"
 
 
-def fake_spatial_shape(shape: list[Any], min_size: int = 64) -> tuple[int, ...]:
-    """Concrete sizes for a metadata ``spatial_shape``: ints as they are; MONAI patterns such as ``"4*n"`` with the
-    smallest ``n`` that makes every size >= ``min_size`` (a pattern declares every multiple valid, and 4x4 is too
-    small for a conditioner that downsamples).
+def fake_spatial_shape(shape: list[Any], n: int = 1, any_size: int = 64) -> tuple[int, ...]:
+    """Concrete sizes for a metadata ``spatial_shape``: ints as they are, MONAI patterns (``"4*n"``, ``"2**p"``)
+    evaluated at ``n`` (and ``p = 1``), ``"*"`` as ``any_size``.
 
-    >>> fake_spatial_shape(["4*n", 32])
+    >>> fake_spatial_shape(["4*n", 32], n=16)
     (64, 32)
     """
     from monai.bundle.scripts import _get_fake_spatial_shape  # MONAI's own reading of "32*n", "2**p"
 
-    sizes = tuple(int(s) for s in _get_fake_spatial_shape(shape, n=1, any=min_size))
-    for n in range(2, 257):
+    return tuple(int(s) for s in _get_fake_spatial_shape(shape, n=n, any=any_size))
+
+
+def choose_n(shape: list[Any], min_size: int = 64) -> int:
+    """The smallest ``n`` that makes every pattern size of ``shape`` >= ``min_size``: a pattern declares every
+    multiple valid, and 4x4 is too small for a conditioner that downsamples.
+
+    >>> choose_n(["4*n", "4*n"]), choose_n([584, 565])
+    (16, 1)
+    """
+    for n in range(1, 257):
+        sizes = fake_spatial_shape(shape, n=n, any_size=min_size)
         if all(s >= min_size for s, pattern in zip(sizes, shape, strict=True) if isinstance(pattern, str)):
-            break
-        sizes = tuple(int(s) for s in _get_fake_spatial_shape(shape, n=n, any=min_size))
-    return sizes
+            return n
+    return 256
 
 
 def _build(bundle: Bundle, files: list[Path], tmp: str) -> Any:
@@ -146,20 +154,25 @@ def _forward(bundle: Bundle, net: Any) -> str:
     import torch
 
     image, pred = _io(bundle.metadata, "inputs", "image"), _io(bundle.metadata, "outputs", "pred")
-    spatial = fake_spatial_shape(list(image.get("spatial_shape", [])))
-    levels = getattr(net, "num_levels", None)
-    if isinstance(levels, int) and any(s % 2**levels for s in spatial):
-        raise ValueError(f"declared spatial shape {spatial} is not divisible by 2**num_levels = {2**levels}")
+    in_shape, out_shape = list(image.get("spatial_shape") or []), list(pred.get("spatial_shape") or [])
+    n = choose_n(in_shape)  # one n for input and output ("2*n" -> "4*n" for 2x SR)
+    spatial = fake_spatial_shape(in_shape, n=n)
     lo, hi = (image.get("value_range") or [0, 1])[:2]
     x = torch.rand(1, int(image["num_channels"]), *spatial) * (float(hi) - float(lo)) + float(lo)
     net.eval()
     with torch.no_grad():
         y = net(x)
     y = y[0] if isinstance(y, (tuple, list)) else y
-    out_spatial = fake_spatial_shape(list(pred.get("spatial_shape", []))) if pred.get("spatial_shape") else None
-    expected = (1, int(pred["num_channels"]), *(out_spatial or y.shape[2:]))
+    declared = fake_spatial_shape(out_shape, n=n) if out_shape else tuple(y.shape[2:])
+    if out_shape:  # "*" declares any size
+        pairs = enumerate(zip(declared, out_shape, strict=True))
+        declared = tuple(y.shape[2 + i] if p == "*" else d for i, (d, p) in pairs)
+    expected = (1, int(pred["num_channels"]), *declared)
     if tuple(y.shape) != expected:
         raise ValueError(f"input {tuple(x.shape)} gave output {tuple(y.shape)}, metadata declares {expected}")
+    levels = getattr(net, "num_levels", None)  # the flow works on the target y: its size must divide by 2**L
+    if isinstance(levels, int) and any(s % 2**levels for s in declared):
+        raise ValueError(f"declared output shape {declared} is not divisible by 2**num_levels = {2**levels}")
     if not torch.isfinite(y).all():
         raise ValueError("the output holds NaN or inf")
     return f"{tuple(x.shape)} -> {tuple(y.shape)}"

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from monai_cnf.cli._errors import STATE, handle_errors, setup_logging
+from monai_cnf.cli.calibrate import calibrate
 
 __all__ = ["app", "bundle_app"]
 
@@ -282,6 +283,10 @@ def bundle_verify(bundle: BundleArg) -> None:
     if failed:
         typer.secho(f"Error: {len(failed)} check(s) failed: {', '.join(failed)}.", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+
+
+# `cnf calibrate` lives in its own module (another engineer's); its top-level imports are as light as this one's.
+app.command(rich_help_panel="Run")(calibrate)
 
 
 @app.command(rich_help_panel="Tracking")

@@ -20,7 +20,7 @@ import pytest
 from monai_cnf import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("train", "sample", "evaluate", "ui", "bundle", "version")
+COMMANDS = ("train", "sample", "evaluate", "calibrate", "ui", "bundle", "version")
 
 
 def _copy_sources(dst: Path) -> None:

@@ -20,6 +20,7 @@ from monai_cnf.engines.checkpoint import (
 )
 from monai_cnf.engines.evaluator import PSNRY, SSIMY, BitsPerDim, FlowEvaluator, MaxFScoreMetric
 from monai_cnf.engines.inferer import SampleInferer
+from monai_cnf.engines.postprocessing import CropToScaledInputd, original_spatial_size
 from monai_cnf.engines.progress import RichProgressHandler
 from monai_cnf.engines.trainer import (
     FlowTrainer,
@@ -27,7 +28,7 @@ from monai_cnf.engines.trainer import (
     data_dependent_init,
     needs_data_dependent_init,
 )
-from monai_cnf.engines.utils import default_checkpoint, drive_data_root, holdout_split
+from monai_cnf.engines.utils import default_checkpoint, drive_data_root, holdout_split, sr_eval_datalist
 
 __all__ = [
     "PSNRY",
@@ -36,6 +37,7 @@ __all__ = [
     "AtomicDiskSaver",
     "BitsPerDim",
     "CorruptCheckpointError",
+    "CropToScaledInputd",
     "FlowEvaluator",
     "FlowTrainer",
     "MaxFScoreMetric",
@@ -50,4 +52,6 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "needs_data_dependent_init",
+    "original_spatial_size",
+    "sr_eval_datalist",
 ]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["default_checkpoint", "drive_data_root", "holdout_split"]
+__all__ = ["default_checkpoint", "drive_data_root", "holdout_split", "sr_eval_datalist"]
 
 logger = logging.getLogger("monai_cnf.bundle")
 
@@ -108,3 +108,27 @@ def default_checkpoint(checkpoint: str | os.PathLike | None, output_dir: str | o
         f"no weights found: none of {output_dir}/models/model.pt, {output_dir}/models/model_final.pt, "
         f"{bundle_root}/models/model.pt exists; train first or pass checkpoint=<file.pt>."
     )
+
+
+def sr_eval_datalist(
+    split: str, eval_dir: str | os.PathLike | None, all_datalist: Sequence[Any], num_val: int
+) -> list[Any]:
+    """Datalist for evaluating the SR bundle on a split.
+
+    ``"test"``: the HR images in ``eval_dir`` (e.g. Set5/Set14/BSD100); with ``eval_dir=None`` the held-out
+    images of the training data (logged). ``"validation"``: the held-out images. ``"training"``: the rest.
+
+    Example:
+        >>> sr_eval_datalist("validation", None, [1, 2, 3], 1)
+        [3]
+    """
+    key = str(split).lower()
+    if key not in ("test", "validation", "training", "train"):
+        raise ValueError(f"split must be 'test', 'validation' or 'training', got {split!r}.")
+    if key == "test" and eval_dir not in (None, "", "None", "null"):
+        from monai_cnf.data import sr_datalist
+
+        return sr_datalist(eval_dir)  # type: ignore[arg-type]
+    if key == "test":
+        logger.warning("eval_dir is null: evaluating on the %d held-out training images (validation part).", num_val)
+    return holdout_split(all_datalist, num_val, "train" if key in ("training", "train") else "validation")

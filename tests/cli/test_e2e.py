@@ -29,10 +29,11 @@ from monai_cnf.tracking import EVAL_RUN_ID_FILE, read_run_id
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "drive_vessel"
 NEEDED = ("metadata.json", "train.json", "cpu.json", "inference.json", "evaluate.json")
-# 3 synthetic 32x32 training images (1 held out), 2 test images, a 1-step flow with 8 hidden channels,
+# 3 synthetic 34x33 training images (1 held out; 33 is not divisible by 4: the pad is undone), 2 test images,
+# a 1-step flow with 8 hidden channels,
 # 2 iterations per epoch, 2 samples per validation image
 TINY = [
-    "-o", "synthetic_num_train=3", "-o", "synthetic_num_test=2", "-o", "num_val=1", "-o", "synthetic_size=[32,32]",
+    "-o", "synthetic_num_train=3", "-o", "synthetic_num_test=2", "-o", "num_val=1", "-o", "synthetic_size=[34,33]",
     "-o", "crop_size=[32,32]", "-o", "patch_size=[32,32]", "-o", "patches_per_image=1",
     "-o", "network_def#num_steps=1", "-o", "network_def#hidden_channels=8",
     "-o", 'network_def#conditioner_kwargs={"feature_channels":[4,8]}',
@@ -62,8 +63,8 @@ def _invoke(args: list[str]) -> object:
 
 def test_train_kill_resume_sample_evaluate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the CLI sets it in-process; restored after the test
     run_dir = tmp_path / "run"
     common = ["--preset", "cpu", "--device", "cpu", "--run-dir", str(run_dir), "--tracking-uri", uri]
 
@@ -106,6 +107,9 @@ def test_train_kill_resume_sample_evaluate(tmp_path: Path, monkeypatch: pytest.M
     assert [m.step for m in client.get_metric_history(run_id, "val_max_f")][-1] == last + 1
     assert (run_dir / "checkpoints" / f"checkpoint_epoch={last + 1}.pt").is_file()
     assert run.data.tags["bundle"] == "drive_vessel" and run.data.tags["model"] == "cnf"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode == 0:  # a git checkout: the run records the code's commit
+        assert run.data.tags["mlflow.source.git.commit"] == head.stdout.strip()
     assert run.data.params["network_def::hidden_channels"] == "8"
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"checkpoints", "models", "config.json", "samples"} <= artifacts, artifacts
@@ -113,12 +117,13 @@ def test_train_kill_resume_sample_evaluate(tmp_path: Path, monkeypatch: pytest.M
         a.path for a in client.list_artifacts(run_id, "checkpoints")
     }
 
-    # 4. sample: PNG and NIfTI maps of the test image's size (32 x 32)
+    # 4. sample: PNG and NIfTI maps of the test image's size (34 x 33, padded to 36 x 36 inside)
     image = run_dir / "synthetic_drive" / "test" / "images" / "01_test.tif"
     out = tmp_path / "samples"
     sample_args = ["--input", str(image), "--run-dir", str(run_dir), "--output", str(out), "--device", "cpu"]
     _invoke(["sample", str(BUNDLE), *sample_args, "--num-samples", "3", "--temperature", "0.8", "--seed", "0"])
     h, w = np.asarray(Image.open(image)).shape[:2]
+    assert (h, w) == (34, 33)
     for name in ("sample_000.png", "sample_002.png", "mean.png", "std.png"):
         png = np.asarray(Image.open(out / name))
         assert png.shape == (h, w) and png.dtype == np.uint8, name
@@ -131,6 +136,10 @@ def test_train_kill_resume_sample_evaluate(tmp_path: Path, monkeypatch: pytest.M
     std = nib.load(out / "std.nii.gz").get_fdata()
     np.testing.assert_allclose(std, samples.std(-1), atol=1e-6)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "sample_001.png")), samples[..., 1] * 255)
+    again = tmp_path / "samples_again"  # the same seed gives the same samples
+    sample_args[sample_args.index(str(out))] = str(again)
+    _invoke(["sample", str(BUNDLE), *sample_args, "--num-samples", "3", "--temperature", "0.8", "--seed", "0"])
+    np.testing.assert_array_equal(np.asarray(nib.load(again / "samples.nii.gz").dataobj), samples)
 
     # 5. evaluate the run on the test split: an MLflow run linked to the training run
     _invoke(["evaluate", str(BUNDLE), *common, "--split", "test", "--num-samples", "2"])
@@ -145,14 +154,24 @@ def test_train_kill_resume_sample_evaluate(tmp_path: Path, monkeypatch: pytest.M
 
 def test_dataset_in_the_wrong_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     wrong = tmp_path / "not_drive"
     (wrong / "pictures").mkdir(parents=True)
     (wrong / "pictures" / "a.png").write_bytes(b"")
     args = ["train", str(BUNDLE), "--preset", "cpu", "--device", "cpu", "--run-dir", str(tmp_path / "run")]
-    args += ["--dataset-dir", str(wrong), "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}", *TINY]
+    args += ["--dataset-dir", str(wrong), *TINY]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1
     lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert len(lines) == 1 and "layout" in lines[0] and str(wrong) in lines[0], result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", ["drive_vessel", "super_resolution"])
+def test_shipped_bundles_verify(name: str) -> None:
+    bundle = ROOT / "bundles" / name
+    if not (bundle / "configs" / "metadata.json").is_file():
+        pytest.skip(f"bundles/{name} has no configs/metadata.json yet")
+    result = CliRunner().invoke(app, ["bundle", "verify", str(bundle)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "FAIL" not in result.stdout and "forward pass" in result.stdout

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from monai_cnf import __version__
 
 HEAVY = {"torch", "monai", "mlflow", "ignite", "numpy"}
-COMMANDS = ("train", "sample", "evaluate", "ui", "bundle", "version")
+COMMANDS = ("train", "sample", "evaluate", "calibrate", "ui", "bundle", "version")
 
 
 def _imported_top_level(args: list[str]) -> tuple[set[str], str]:

@@ -87,12 +87,13 @@ class AffineCoupling(FlowLayer):
     def _params(self, x_a: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Return the shift ``t`` and the clamped log-scale ``s`` (None for additive)."""
         if cond is None:
-            inp = x_a
+            h = self.net(x_a)
+        elif hasattr(self.net, "forward_split"):  # the default subnet: no per-step copy of cond (see ConvSubnet)
+            h = self.net.forward_split(x_a if self.passive_channels else None, cond)
         elif self.passive_channels == 0:
-            inp = cond
+            h = self.net(cond)
         else:
-            inp = torch.cat([x_a, cond], dim=1)
-        h = self.net(inp)
+            h = self.net(torch.cat([x_a, cond], dim=1))
         if self.coupling == "additive":
             return h, None
         shift, raw = h[:, : self.active_channels], h[:, self.active_channels :]

@@ -1,0 +1,219 @@
+"""MONAI Label app for monai_cnf bundles: the stock ``monaibundle`` app + CNF uncertainty for active learning.
+
+It extends MONAI Label's own ``monaibundle`` sample app (shipped in the ``monailabel`` wheel under
+``<prefix>/monailabel/sample-apps/monaibundle``; override with ``MONAILABEL_STOCK_APP=/path/to/monaibundle``) and
+adds:
+
+- scoring method ``cnf_uncertainty`` (one per bundle, ``<bundle>_uncertainty`` when several): N CNF samples per
+  unlabeled image, score = mean per-pixel binary entropy of the sample mean (or sample variance) inside the
+  estimated field of view, written into each image's datastore info under ``cnf_uncertainty``;
+- strategy ``cnf_uncertainty``: MONAI Label's ``Epistemic`` strategy reading that key (most uncertain image first);
+- a train task that runs ``train.json`` + the bundle's CPU overlay (``cpu.json``) when there is no GPU, and
+  publishes the new weights to ``<bundle>/models/model.pt`` so inference and scoring reload them.
+
+Offline by default: ``sam2=false`` and ``zoo_source=github`` (bundles are read from ``<app>/model/<name>``; nothing
+is downloaded). Conf keys (``--conf KEY VALUE``): ``models`` (bundle folder names under ``model/``),
+``cnf_method`` (entropy|variance), ``cnf_num_samples`` (8), ``cnf_temperature`` (1.0), ``cnf_fov_threshold`` (0.1,
+``none`` to score every pixel), ``cnf_train_overlays`` (``auto``: ``cpu.json`` without CUDA; or a comma list;
+``none``), ``skip_scoring`` (false). See docs/monailabel.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import monai.bundle
+import torch
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.epistemic import Epistemic
+from monailabel.tasks.train.bundle import BundleTrainTask
+from monailabel.utils.others.generic import strtobool
+
+from monai_cnf.label import BundleUncertaintyScorer, rank_by_score
+
+logger = logging.getLogger(__name__)
+
+#: the datastore image-info key holding the CNF uncertainty score
+SCORE_KEY = "cnf_uncertainty"
+
+
+def _stock_app_module() -> Any:
+    """Import MONAI Label's stock ``monaibundle`` ``main.py`` (not an importable package) from the wheel's data."""
+    candidates = [
+        os.environ.get("MONAILABEL_STOCK_APP", ""),
+        os.path.join(sys.prefix, "monailabel", "sample-apps", "monaibundle"),
+    ]
+    for folder in candidates:
+        main_py = os.path.join(folder, "main.py") if folder else ""
+        if main_py and os.path.isfile(main_py):
+            spec = importlib.util.spec_from_file_location("monailabel_stock_monaibundle", main_py)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+            return module
+    raise FileNotFoundError(
+        f"MONAI Label's stock monaibundle app was not found in {candidates}; set MONAILABEL_STOCK_APP to its folder."
+    )
+
+
+_stock = _stock_app_module()
+
+
+class CNFUncertaintyScoring(ScoringMethod):
+    """Score unlabeled images by the disagreement between CNF samples (see :mod:`monai_cnf.label.scoring`).
+
+    Request keys: ``all`` (score labeled images too; default false), ``force`` (recompute even when the image was
+    scored with the same weights; default false).
+    Returns ``{"method", "scores": {image_id: score}, "ranking": [most uncertain first]}``.
+    """
+
+    def __init__(self, bundle_path: str, method: str, num_samples: int, temperature: float, fov: float | None):
+        super().__init__(f"CNF sample disagreement ({method} of {num_samples} samples at tau={temperature})")
+        self.method = method
+        self.scorer = BundleUncertaintyScorer(
+            bundle_path,
+            num_samples=num_samples,
+            temperature=temperature,
+            method=method,
+            fov_threshold=fov,
+            device="cuda" if torch.cuda.is_available() else "cpu",
+        )
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        checkpoint = self.scorer.checkpoint
+        if not checkpoint.is_file():
+            logger.warning("no weights at %s: train the model first; nothing scored", checkpoint)
+            return {}
+        version = int(checkpoint.stat().st_mtime_ns)
+        force = strtobool(str(request.get("force", "false")))
+        images = datastore.list_images() if strtobool(str(request.get("all", "false"))) else None
+        images = images if images is not None else datastore.get_unlabeled_images()
+        scores: dict[str, float] = {}
+        for image_id in images:
+            info = datastore.get_image_info(image_id)
+            if not force and info.get(f"{SCORE_KEY}_version") == version and SCORE_KEY in info:
+                scores[image_id] = float(info[SCORE_KEY])
+                continue
+            score = self.scorer(datastore.get_image_uri(image_id))
+            datastore.update_image_info(
+                image_id, {SCORE_KEY: score, f"{SCORE_KEY}_method": self.method, f"{SCORE_KEY}_version": version}
+            )
+            scores[image_id] = score
+            logger.info("%s: %s = %.6f", image_id, SCORE_KEY, score)
+        ranking = rank_by_score(scores)
+        logger.info("CNF uncertainty ranking (most uncertain first): %s", ranking)
+        return {"method": self.method, "scores": scores, "ranking": ranking}
+
+
+class CNFBundleTrainTask(BundleTrainTask):
+    """MONAI Label's ``BundleTrainTask`` with the bundle's overlays and publication of the new weights.
+
+    - runs ``[train.json, *overlays]`` (``cpu.json`` without CUDA by default) instead of ``train.json`` alone;
+    - keeps validation items without a FOV ``mask`` working (MONAI Label's datastore has none);
+    - writes checkpoints under ``<bundle>/runs/monailabel`` and copies the best (else the final) weights atomically
+      to ``<bundle>/models/model.pt``, which MONAI Label's infer task and our scoring reload on change.
+    """
+
+    def __init__(self, path: str, conf: dict[str, str], overlays: list[str]):
+        super().__init__(path, conf)
+        self.overlays = [o for o in overlays if os.path.isfile(os.path.join(path, "configs", o))]
+        missing = sorted(set(overlays) - set(self.overlays))
+        if missing:
+            logger.warning("bundle %s has no overlay(s) %s; ignored", path, missing)
+
+    def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        run_dir = os.path.join(self.bundle_path, "runs", "monailabel")
+        overrides["output_dir"] = run_dir
+        overrides["ckpt_dir"] = os.path.join(run_dir, "models")
+        overrides["progress"] = False
+        overrides["num_workers"] = 0
+        # datastore items carry no FOV mask: let the validation loaders skip it (the F-score then uses all pixels)
+        overrides["validate#preprocessing#transforms"] = (
+            "$monai_cnf.data.drive_load_transforms(['image', 'label', 'mask'], allow_missing_keys=True)"
+            " + [@pad_transform, monai.transforms.EnsureTyped(keys=['image', 'label', 'mask'], track_meta=False,"
+            " allow_missing_keys=True)]"
+        )
+        return overrides
+
+    def run_single_gpu(self, request: dict[str, Any], overrides: dict[str, Any]) -> None:
+        configs = [self.bundle_config_path] + [os.path.join(self.bundle_path, "configs", o) for o in self.overlays]
+        logger.info("training %s with configs %s", self.bundle_path, configs)
+        monai.bundle.run(
+            run_id=request.get("run_id", "run"),
+            init_id=None,
+            final_id=None,
+            meta_file=self.bundle_metadata_path,
+            config_file=configs,
+            **overrides,
+        )
+        self._publish(overrides["ckpt_dir"])
+
+    def _publish(self, ckpt_dir: str) -> None:
+        for name in ("model.pt", "model_final.pt"):
+            src = os.path.join(ckpt_dir, name)
+            if os.path.isfile(src):
+                dst = os.path.join(self.bundle_path, "models", "model.pt")
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dst), suffix=".pt.tmp")
+                os.close(fd)
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dst)
+                logger.info("published %s -> %s", src, dst)
+                return
+        logger.warning("no checkpoint found in %s to publish", ckpt_dir)
+
+
+class CNFApp(_stock.MyApp, MONAILabelApp):  # MONAILabelApp listed so MONAI Label's app loader finds this class
+    """The stock ``monaibundle`` app, offline by default, with CNF uncertainty scoring and strategy."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
+        conf = {"sam2": "false", "zoo_source": "github", **(conf or {})}
+        super().__init__(app_dir, studies, conf)
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        if strtobool(self.conf.get("skip_trainers", "false")):
+            return {}
+        setting = self.conf.get("cnf_train_overlays", "auto")
+        if setting == "auto":
+            overlays = [] if torch.cuda.is_available() else ["cpu.json"]
+        elif setting.lower() == "none":
+            overlays = []
+        else:
+            overlays = [o.strip() for o in setting.split(",") if o.strip()]
+        trainers: dict[str, TrainTask] = {}
+        for name, path in self.models.items():
+            task = CNFBundleTrainTask(path, self.conf, overlays)
+            if task.is_valid():
+                logger.info("+++ Adding Trainer:: %s => %s (overlays %s)", name, path, task.overlays)
+                trainers[name] = task
+        return trainers
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        methods = super().init_scoring_methods()
+        if strtobool(self.conf.get("skip_scoring", "false")):
+            return methods
+        method = self.conf.get("cnf_method", "entropy")
+        num_samples = int(self.conf.get("cnf_num_samples", "8"))
+        temperature = float(self.conf.get("cnf_temperature", "1.0"))
+        fov_conf = self.conf.get("cnf_fov_threshold", "0.1")
+        fov = None if str(fov_conf).lower() == "none" else float(fov_conf)
+        for name, path in self.models.items():
+            key = SCORE_KEY if len(self.models) == 1 else f"{name}_uncertainty"
+            methods[key] = CNFUncertaintyScoring(path, method, num_samples, temperature, fov)
+            logger.info("+++ Adding Scoring Method:: %s => %s", key, path)
+        return methods
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        strategies = super().init_strategies()
+        strategies[SCORE_KEY] = Epistemic(key=SCORE_KEY, desc="Most uncertain image first (CNF sample disagreement)")
+        return strategies

@@ -1,0 +1,157 @@
+"""Build the ``monailabel start_server`` command for a monai_cnf bundle on an offline machine.
+
+MONAI Label lives in its own environment (``scripts/monailabel_env.sh`` makes ``.venv-label``), so nothing here
+imports ``monailabel``: these helpers only build the command line and the environment variables, for the CLI or a
+test to run with :mod:`subprocess`.
+
+Offline settings (MONAI Label 0.8.x):
+
+- ``--conf models <name>`` names a bundle already in ``<app>/model/<name>``, so ``get_bundle_models`` never
+  asks the model zoo; ``MONAI_ZOO_SOURCE=github`` with ``MONAI_ZOO_AUTH_TOKEN`` unset is not needed then.
+- ``MONAI_LABEL_AUTO_UPDATE_SCORING=false`` stops the server from re-scoring (and downloading nothing) at start.
+- ``MONAI_LABEL_SESSIONS=false`` / ``MONAI_LABEL_DICOMWEB_*`` are left at their defaults (local studies folder).
+- ``--host 127.0.0.1``: the server listens on the loopback interface only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["OFFLINE_ENV", "default_app_dir", "find_monailabel", "monailabel_command", "monailabel_env"]
+
+#: environment variables that keep MONAI Label 0.8.x from touching the network at start-up
+OFFLINE_ENV: dict[str, str] = {
+    "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+    "MONAI_ZOO_SOURCE": "github",
+    "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "NO_PROXY": "127.0.0.1,localhost",
+}
+
+
+def default_app_dir() -> Path:
+    """The app folder of this repository, ``apps/monailabel_cnf`` (next to the ``monai_cnf`` package).
+
+    Returns:
+        its absolute path (it may not exist in an installed, non-editable copy of the package).
+
+    Example:
+        >>> default_app_dir().name
+        'monailabel_cnf'
+    """
+    return Path(__file__).resolve().parents[2] / "apps" / "monailabel_cnf"
+
+
+def find_monailabel(venv: str | os.PathLike | None = None) -> Path | None:
+    """Locate the ``monailabel`` executable: ``<venv>/bin/monailabel``, else ``$MONAILABEL_VENV``, else the
+    repository's ``.venv-label``, else the ``PATH``.
+
+    Args:
+        venv: a virtual environment folder to look in first. Defaults to None.
+
+    Returns:
+        the executable's path, or None when MONAI Label is not installed anywhere we look.
+
+    Example:
+        >>> find_monailabel("/nonexistent") is None or True
+        True
+    """
+    candidates = [venv, os.environ.get("MONAILABEL_VENV"), default_app_dir().parents[1] / ".venv-label"]
+    for c in candidates:
+        if c:
+            exe = Path(c) / "bin" / "monailabel"
+            if exe.is_file() and os.access(exe, os.X_OK):
+                return exe
+    found = shutil.which("monailabel")
+    return Path(found) if found else None
+
+
+def monailabel_command(
+    app_dir: str | os.PathLike,
+    studies: str | os.PathLike,
+    bundle: str,
+    port: int = 8000,
+    host: str = "127.0.0.1",
+    conf: Mapping[str, str] | None = None,
+    executable: str | os.PathLike | None = None,
+) -> list[str]:
+    """The ``monailabel start_server`` argument list that serves ``bundle`` from ``app_dir`` on ``host:port``.
+
+    The bundle must already be in ``<app_dir>/model/<bundle>`` (a copy or a symlink of ``bundles/<bundle>``):
+    then MONAI Label loads it from disk and never asks the model zoo. Run the command with
+    :func:`monailabel_env` as environment.
+
+    Args:
+        app_dir: the MONAI Label app folder (ours, ``apps/monailabel_cnf``, or the stock ``monaibundle``).
+        studies: the studies (datastore) folder of images; labels go to ``<studies>/labels/final``.
+        bundle: the bundle's folder name under ``<app_dir>/model``, e.g. ``"drive_vessel"``.
+        port: TCP port. Defaults to 8000.
+        host: address to bind; keep the loopback address on a shared machine. Defaults to "127.0.0.1".
+        conf: extra ``--conf`` key/values (e.g. ``{"skip_scoring": "false"}``). Defaults to None.
+        executable: the ``monailabel`` executable; None looks it up with :func:`find_monailabel` and falls back to
+            ``"monailabel"``. Defaults to None.
+
+    Returns:
+        the argument list, ready for :func:`subprocess.Popen`.
+
+    Raises:
+        ValueError: an empty ``bundle`` or a ``port`` outside 1..65535.
+
+    Example:
+        >>> monailabel_command("app", "studies", "drive_vessel", port=8123, executable="monailabel")[:6]
+        ['monailabel', 'start_server', '--app', 'app', '--studies', 'studies']
+    """
+    if not bundle or "/" in str(bundle) or "\\" in str(bundle):
+        raise ValueError(f"bundle must be a folder name under <app_dir>/model (e.g. 'drive_vessel'), got {bundle!r}.")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be in 1..65535, got {port}.")
+    exe = executable if executable is not None else (find_monailabel() or "monailabel")
+    cmd = [
+        str(exe),
+        "start_server",
+        "--app",
+        str(app_dir),
+        "--studies",
+        str(studies),
+        "--host",
+        str(host),
+        "--port",
+        str(int(port)),
+        "--conf",
+        "models",
+        str(bundle),
+    ]
+    for key, value in (conf or {}).items():
+        cmd += ["--conf", str(key), str(value)]
+    return cmd
+
+
+def monailabel_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The environment for :func:`monailabel_command`: ``base`` (default ``os.environ``) + :data:`OFFLINE_ENV`.
+
+    The repository root is prepended to ``PYTHONPATH`` so the bundle configs' ``monai_cnf`` imports resolve even
+    when the label environment has no editable install of the package.
+
+    Args:
+        base: the starting environment. Defaults to None (a copy of ``os.environ``).
+        extra: more variables, set last.
+
+    Returns:
+        a new dict.
+
+    Example:
+        >>> monailabel_env({})["MONAI_LABEL_AUTO_UPDATE_SCORING"]
+        'false'
+    """
+    env = dict(os.environ if base is None else base)
+    env.update(OFFLINE_ENV)
+    root = str(default_app_dir().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(extra)
+    return env

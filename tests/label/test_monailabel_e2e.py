@@ -1,0 +1,243 @@
+"""End to end: a real MONAI Label server with our app and a copy of bundles/drive_vessel, on 127.0.0.1.
+
+Needs the separate MONAI Label environment (``bash scripts/monailabel_env.sh`` -> ``.venv-label``, or
+``MONAILABEL_VENV``); skipped with the reason otherwise. The bundle is COPIED to tmp_path with tiny sizes (2 flow
+steps, 8 hidden channels, 32x32 patches) so the CPU run is short; the repo's bundles/ is never written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from monai_cnf.label import find_monailabel, monailabel_command, monailabel_env
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = ROOT / "bundles" / "drive_vessel"
+APP = ROOT / "apps" / "monailabel_cnf"
+EXE = find_monailabel()
+logger = logging.getLogger(__name__)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        EXE is None,
+        reason="MONAI Label environment absent: run `bash scripts/monailabel_env.sh` (creates .venv-label) "
+        "or set MONAILABEL_VENV",
+    ),
+    pytest.mark.skipif(
+        not (BUNDLE / "configs" / "inference.json").is_file(), reason="bundles/drive_vessel is not there yet"
+    ),
+]
+
+TINY = {"num_steps": 2, "hidden_channels": 8, "feature_channels": [8, 8], "num_samples": 4, "sample_chunk_size": 4}
+TINY_TRAIN = {
+    **TINY,
+    "patch_size": [32, 32],
+    "crop_size": [32, 32],
+    "patches_per_image": 1,
+    "train#batch_size": 2,
+    "train#epoch_length": 2,
+    "warmup_steps": 1,
+    "val_interval": 1,
+}
+SIZE = (68, 60)  # (H, W): not a multiple of 4, so the bundle's padding has to be undone
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _request(url: str, method: str = "GET", data: bytes | None = None, headers: dict | None = None, timeout=300):
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, r.headers.get("content-type", ""), r.read()
+
+
+def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, dict[str, str]]:
+    boundary = uuid.uuid4().hex
+    parts: list[bytes] = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, (filename, content) in files.items():
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        )
+        parts.append(head.encode() + content + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def _patch(path: Path, values: dict) -> None:
+    config = json.loads(path.read_text())
+    config.update(values)
+    path.write_text(json.dumps(config, indent=2))
+
+
+def _tiny_bundle(dst: Path) -> Path:
+    """Copy the bundle, shrink its sizes, and save the initialised network as models/model.pt."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    shutil.copytree(BUNDLE, dst, ignore=shutil.ignore_patterns("runs", "*.pt", "__pycache__"))
+    _patch(dst / "configs" / "inference.json", TINY)
+    _patch(dst / "configs" / "train.json", TINY)
+    if (dst / "configs" / "cpu.json").is_file():
+        _patch(dst / "configs" / "cpu.json", TINY_TRAIN)
+    parser = ConfigParser()
+    parser.read_config(str(dst / "configs" / "inference.json"))
+    parser["bundle_root"] = str(dst)
+    torch.manual_seed(0)
+    network = parser.get_parsed_content("network_def", instantiate=True)
+    (dst / "models").mkdir(exist_ok=True)
+    torch.save(network.state_dict(), dst / "models" / "model.pt")
+    return dst
+
+
+def _studies(folder: Path, num: int) -> list[Path]:
+    """Synthetic DRIVE-like RGB images (PNG), the first two with final labels."""
+    from monai_cnf.data import synthesize_retina
+
+    (folder / "labels" / "final").mkdir(parents=True)
+    images = []
+    for k in range(num):
+        retina = synthesize_retina(np.random.default_rng(k), image_size=SIZE)
+        path = folder / f"retina_{k:02d}.png"
+        Image.fromarray(retina.image).save(path)
+        if k < 2:
+            Image.fromarray(retina.label.astype(np.uint8)).save(folder / "labels" / "final" / path.name)
+        images.append(path)
+    return images
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 240) -> dict:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            return json.loads(_request(f"{url}/info/", timeout=5)[2])
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(1)
+    raise AssertionError(f"server not ready after {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+def test_monailabel_serves_infers_trains_and_ranks(tmp_path):
+    timings: dict[str, float] = {}
+    app = tmp_path / "app"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("model", "__pycache__", "logs"))
+    bundle = _tiny_bundle(app / "model" / "drive_vessel")
+    studies = tmp_path / "studies"
+    images = _studies(studies, 4)
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    extra = upload / "retina_up.png"
+    shutil.copy(images[-1], extra)  # uploaded through the API below, under a new id
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = monailabel_command(app, studies, "drive_vessel", port=port, executable=EXE)
+    env = monailabel_env(
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlruns.db'}",
+        MONAI_LABEL_DATASTORE_AUTO_RELOAD="false",
+        OMP_NUM_THREADS="2",
+    )
+    log = tmp_path / "server.log"
+    t0 = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
+    try:
+        info = _wait_ready(url, proc, log)
+        timings["server_start_s"] = time.monotonic() - t0
+        # /info/ lists the model (infer + train), our scoring method and strategy; no SAM2 (offline)
+        assert "drive_vessel" in info["models"], info["models"]
+        assert "drive_vessel" in info["trainers"]
+        assert "cnf_uncertainty" in info["scoring"] and "cnf_uncertainty" in info["strategies"]
+        assert not any(m.startswith("sam") for m in info["models"])
+
+        # upload a DRIVE-like image
+        body, headers = _multipart({"params": "{}"}, {"file": (extra.name, extra.read_bytes())})
+        status, _, content = _request(f"{url}/datastore/image?image=retina_up", "PUT", body, headers)
+        assert status == 200 and json.loads(content)["image"] == "retina_up"
+
+        # inference: a label map with the image's size (padding to a multiple of 4 undone), values {0, 1}
+        t = time.monotonic()
+        body, headers = _multipart({"params": json.dumps({"device": "cpu"})}, {})
+        status, ctype, content = _request(f"{url}/infer/drive_vessel?image=retina_up&output=image", "POST", body, headers)
+        timings["infer_s"] = time.monotonic() - t
+        assert status == 200, content[:500]
+        pred_path = tmp_path / "pred.bin"
+        pred_path.write_bytes(content)
+        pred = _read_label(pred_path)
+        assert pred.shape == SIZE, (pred.shape, ctype)
+        assert set(np.unique(pred).tolist()) <= {0, 1}
+
+        # scoring: every unlabeled image gets a score, ranked most uncertain first
+        t = time.monotonic()
+        status, _, content = _request(f"{url}/scoring/cnf_uncertainty?run_sync=true", "POST", b"{}", _json())
+        timings["scoring_s"] = time.monotonic() - t
+        result = json.loads(content)
+        scores, ranking = result["scores"], result["ranking"]
+        assert sorted(scores) == ["retina_02", "retina_03", "retina_up"]  # the unlabeled ones
+        assert all(np.isfinite(v) and v >= 0 for v in scores.values())
+        assert [scores[k] for k in ranking] == sorted(scores.values(), reverse=True)
+        status, _, content = _request(f"{url}/activelearning/cnf_uncertainty", "POST", b"{}", _json())
+        assert json.loads(content)["id"] == ranking[0]
+
+        # one short training run (2 labeled images) -> a new checkpoint published to models/model.pt
+        model_pt = bundle / "models" / "model.pt"
+        before = model_pt.stat().st_mtime_ns
+        t = time.monotonic()
+        params = {"max_epochs": 1, "val_split": 0.0, "device": "cpu", "multi_gpu": False}
+        status, _, content = _request(f"{url}/train/drive_vessel?run_sync=true", "POST", json.dumps(params).encode(), _json(), 600)
+        timings["train_s"] = time.monotonic() - t
+        assert status == 200, content[:500]
+        assert (bundle / "runs" / "monailabel" / "models" / "model_final.pt").is_file(), log.read_text()[-4000:]
+        assert model_pt.stat().st_mtime_ns > before
+        # the retrained weights are served: inference still works with them
+        status, _, content = _request(f"{url}/infer/drive_vessel?image=retina_02&output=image", "POST", body, headers)
+        assert status == 200
+        print(f"\nMONAI Label e2e timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=20)
+    assert proc.poll() is not None
+
+
+def _json() -> dict[str, str]:
+    return {"Content-Type": "application/json"}
+
+
+def _read_label(path: Path) -> np.ndarray:
+    """Read MONAI Label's returned label (PNG or NIfTI) as an (H, W) array."""
+    try:
+        return np.asarray(Image.open(path))
+    except OSError:
+        import nibabel as nib
+
+        data = np.asarray(nib.load(str(path)).dataobj)
+        return np.squeeze(data).T if data.ndim >= 2 else data
