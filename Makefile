@@ -21,6 +21,8 @@ install: $(VENV)/.installed
 ## The main job on its embedded default: train the DRIVE CNF on the synthetic retina set, evaluate it,
 ## and say where the results are.
 demo: install
+	@# the demo folder is scratch: start it afresh so `make demo` can be rerun (cnf train never overwrites a run)
+	rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
 	MLFLOW_DISABLE_TELEMETRY=true $(CNF) train bundles/drive_vessel --preset cpu --max-epochs 2 \
 		--run-dir $(DEMO_DIR) --tracking-uri sqlite:///$(DEMO_DIR)/mlruns.db
 	MLFLOW_DISABLE_TELEMETRY=true $(CNF) evaluate bundles/drive_vessel --preset cpu \

@@ -17,11 +17,18 @@ Measured: a training step (NLL in bits/dim + backward + Adam step) and sampling 
 ``torch.utils.flop_counter.FlopCounterMode``) and achieved GFLOP/s, next to the GFLOP/s of a plain conv stack made of
 the very same subnet convolutions (forward + backward, no flow around them) measured in the same run.
 
-Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` minus the memory allocated before the step. On CPU,
-``tracemalloc`` does not see torch's allocations, so every (implementation, task) pair runs in a fresh subprocess
-and we report the growth of the process' peak resident set size (``resource.getrusage(...).ru_maxrss``) from
-just before the first training step to the end; this counts activations kept for backward, gradients and the Adam
-state (the same for both: equal parameter counts up to the priors), plus allocator slack, the same way for both.
+Peak memory of a training step, two ways. (1) Saved activations: the bytes of the distinct storages autograd keeps
+for the backward pass (``torch.autograd.graph.saved_tensors_hooks``, parameters excluded): exact and deterministic.
+(2) Peak over the resident state, each implementation in a fresh subprocess after a warm-up step: on CUDA
+``torch.cuda.max_memory_allocated`` minus the memory allocated before the step; on CPU (``tracemalloc`` does not see
+torch's allocations, and ``ru_maxrss`` cannot be reset and includes one-time costs such as oneDNN's JIT kernels)
+the growth of ``VmHWM`` over ``VmRSS`` after resetting the peak through ``/proc/self/clear_refs``, with
+``MALLOC_MMAP_THRESHOLD_`` set so that freed blocks return to the OS. Parameters, gradients and the Adam state are
+resident in both and not counted in (2).
+
+Timing: both flows live in one process and their calls are interleaved (ABAB...), medians of wall-clock and of
+process CPU time are printed. On a shared machine use ``--threads 1`` and read the CPU-time rows: with several
+threads, OpenMP's spin-waiting under contention inflates CPU time and wall time alike.
 
 Usage::
 
@@ -34,9 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -88,7 +93,8 @@ class FrEIAFlow:
         import FrEIA.framework as Ff
         import FrEIA.modules as Fm
 
-        subnet = conv_subnet_factory(2, HIDDEN)
+        # the same layers, as an ordinary subnet (our recompute-in-backward memory saving is not FrEIA's)
+        subnet = conv_subnet_factory(2, HIDDEN, recompute_hidden=False)
         inp = Ff.InputNode(IN_CHANNELS, SIZE, SIZE, name="y")
         cond_nodes = [
             Ff.ConditionNode(COND_CHANNELS, SIZE // 2 ** (lvl + 1), SIZE // 2 ** (lvl + 1), name=f"h{lvl}")
@@ -259,40 +265,46 @@ def conv_reference(args: argparse.Namespace, device: torch.device) -> dict[str, 
     return {"flops": flops, "wall": t["wall"], "cpu": t["cpu"]}
 
 
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+def _rss_bytes(field: str) -> int:
+    """``VmRSS`` (current) or ``VmHWM`` (peak since the last reset) of this process, in bytes (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not found in /proc/self/status (Linux only)")
 
 
-def _current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
+        f.write("5")
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
-    """Fresh process, one implementation: growth of the peak memory over two training steps."""
+    """Fresh process, one implementation: the peak memory of a steady-state training step over the resident state.
+
+    A warm-up step first allocates everything that persists (gradients, Adam state, oneDNN JIT kernels, ActNorm
+    init); then the peak is reset and one more step is measured. What remains is what a step needs on top of the
+    resident model: the activations kept for backward, backward temporaries and the optimizer's temporaries.
+    """
     device = torch.device(args.device)
     flow = build(args.impl, device, args.freia_block, args.channels_last)
     y, conds = inputs_for(args, device)
     step = train_step_fn(flow, y, conds)
+    step()
+    _sync(device)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
-        # the parent sets MALLOC_MMAP_THRESHOLD_ so freed blocks go back to the OS: the current RSS then tracks live
-        # memory and the peak RSS growth over it is the step's peak (provided set-up peaked lower, checked below)
-        base = _current_rss_bytes()
-        if _peak_rss_bytes() > base + 2**20:
-            logging.getLogger(__name__).warning(
-                "set-up peak exceeds the current RSS: the step peak may be underestimated"
-            )
-    step()
+        # MALLOC_MMAP_THRESHOLD_ (set by the parent) makes freed blocks go back to the OS, so RSS tracks live memory
+        _reset_peak_rss()
+        base = _rss_bytes("VmRSS")
     step()
     _sync(device)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
-        peak = _peak_rss_bytes() - base
+        peak = _rss_bytes("VmHWM") - base
     return {"impl": args.impl, "train_peak_bytes": peak}
 
 
@@ -384,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         ("sample wall [ms]", sample["ours"]["wall"] * 1e3, sample["freia"]["wall"] * 1e3, ".0f"),
         ("sample CPU [ms]", sample["ours"]["cpu"] * 1e3, sample["freia"]["cpu"] * 1e3, ".0f"),
         ("saved activations [MiB]", ours["saved"] / mib, freia["saved"] / mib, ".1f"),
-        ("train peak mem [MiB]", ours["peak"] / mib, freia["peak"] / mib, ".1f"),
+        ("train step peak [MiB]", ours["peak"] / mib, freia["peak"] / mib, ".1f"),
     ]
     print(f"{'':26s}{'ours':>12s}{'FrEIA':>12s}{'ours/FrEIA':>12s}")
     for label, a, b, fmt in rows:
@@ -397,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
         f"GFLOP/s ({clock} time): ours {g_ours:.1f}, FrEIA {g_freia:.1f}, plain conv stack of the same subnet convs "
         f"(fwd+bwd, {conv['flops'] / 1e9:.2f} GFLOP) {g_conv:.1f} -> ours at {100 * g_ours / g_conv:.0f}% of it"
     )
-    peak_kind = "CUDA max allocated" if device.type == "cuda" else "RSS growth, fresh process"
+    peak_kind = "CUDA max allocated" if device.type == "cuda" else "peak RSS over resident, fresh process"
     print(
         f"targets: step <= 0.70x FrEIA: {train['ours'][clock] / train['freia'][clock]:.2f}x ({clock}); "
         f"peak memory <= 0.80x FrEIA: {ours['peak'] / freia['peak']:.2f}x ({peak_kind}), "

@@ -247,7 +247,7 @@ def run_sampling(
     samples, mean, std = out["samples"][:, 0], out["pred"][0], out["std"][0]
 
     # 4. undo the preprocessing's spatial changes (padding), as the bundle's postprocessing does
-    samples, mean, std = _invert(preprocessing, data, [samples.flatten(0, 1), mean, std])
+    samples, mean, std = _restore_geometry(parser, preprocessing, data, [samples.flatten(0, 1), mean, std])
     samples = samples.reshape(num_samples, -1, *samples.shape[1:])
     transpose = _xy_order(preprocessing)
     affine = _affine(x)
@@ -280,20 +280,36 @@ def _network(parser: Any, run_dir: Path | None) -> Any:
     return trained.get_parsed_content("network_def")
 
 
-def _invert(preprocessing: Any, data: Mapping[str, Any], tensors: list[Any]) -> list[np.ndarray]:
+#: Postprocessing steps that restore the input's geometry (the rest, thresholds and savers, are not wanted here).
+GEOMETRY_STEPS = ("Invertd", "CropToScaledInputd")
+
+
+def _restore_geometry(parser: Any, preprocessing: Any, data: Mapping[str, Any], tensors: list[Any]) -> list[np.ndarray]:
+    """Apply the geometry steps of the bundle's ``postprocessing`` (``Invertd`` for DRIVE's padding,
+    ``CropToScaledInputd`` for SR's 2x grid) to each ``(C, *spatial)`` map; without such steps, invert the
+    preprocessing with MONAI's ``Invertd`` when the output lies on the input's grid."""
     import torch
     from monai.data import MetaTensor
     from monai.transforms import Invertd
 
     x = data["image"]
+    steps = []
+    if "postprocessing" in parser:
+        post = parser.get_parsed_content("postprocessing")
+        steps = [t for t in getattr(post, "transforms", ()) if type(t).__name__ in GEOMETRY_STEPS]
     out = []
     for t in tensors:
         t = t.detach().cpu().float()
         t = t.as_tensor() if hasattr(t, "as_tensor") else t
-        if isinstance(x, MetaTensor) and x.applied_operations:
+        if steps:
+            d: dict[str, Any] = {"pred": MetaTensor(t), "image": x}
+            for step in steps:
+                d = step(d)
+            t = d["pred"]
+        elif isinstance(x, MetaTensor) and x.applied_operations and tuple(t.shape[1:]) == tuple(x.shape[1:]):
             inv = Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=False)
             t = inv({"pred": MetaTensor(t), "image": x})["pred"]
-            t = t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
+        t = t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
         out.append(t.numpy())
     return out
 

@@ -163,9 +163,9 @@ def _log_mlflow(
     tags: Mapping[str, str],
     params: Mapping[str, Any],
     metrics: Mapping[str, float],
-    artifacts: Path,
+    artifacts: Sequence[Path],
 ) -> str:
-    """One FINISHED MLflow run with params, metrics and the output folder as artifacts (``calibration/``)."""
+    """One FINISHED MLflow run with params, metrics, tags and ``artifacts`` (files, under ``calibration/``)."""
     import mlflow
     from mlflow.entities import Metric, Param, RunTag
 
@@ -184,12 +184,18 @@ def _log_mlflow(
             params=[Param(k, str(v)[:6000]) for k, v in params.items()],
             tags=[RunTag(k, str(v)) for k, v in tags.items()],
         )
-        client.log_artifacts(run_id, str(artifacts), artifact_path="calibration")
+        for path in artifacts:  # only what this command wrote: --output may hold other files
+            client.log_artifact(run_id, str(path), artifact_path="calibration")
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def _stem(item: Mapping[str, Any]) -> str:
+    path = item.get("label") or item.get("image")
+    return Path(path).stem if isinstance(path, (str, Path)) else ""
 
 
 def _write_per_image(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -297,14 +303,18 @@ def run_calibration(
             )
             n_images = len(datalist)
         else:
-            dataset = cnf_wf.parser.get_parsed_content("validate#dataset")
-            n = len(dataset) if max_images is None else min(len(dataset), max_images)
+            # the bundle's evaluation pairs (HR crop, MATLAB-bicubic LR), transformed one at a time
+            datalist = list(cnf_wf.parser.get_parsed_content("validate#datalist"))
+            datalist = datalist[:max_images] if max_images else datalist
+            if not datalist:
+                raise CLIError(f"the {split} split has no images (set -o eval_dir=<folder> for a test set).")
+            transform = cnf_wf.parser.get_parsed_content("validate#preprocessing")
+            items = ({**transform(dict(d)), "name": _stem(d)} for d in datalist)
             scale = int(getattr(cnf_net, "scale", 2))
-            report = calibrate_super_resolution(
-                (dataset[i] for i in range(n)), models, output, SR_TEMPERATURES, scale, device, seed, bar
-            )
-            n_images = n
-    _write_per_image(report.per_image, output / "per_image.csv")
+            report = calibrate_super_resolution(items, models, output, SR_TEMPERATURES, scale, device, seed, bar)
+            n_images = len(datalist)
+    table = output / "per_image.csv"
+    _write_per_image(report.per_image, table)
 
     cnf_run = read_run_id(cnf.run_dir) if cnf.run_dir is not None else None
     fac_run = read_run_id(fac.run_dir) if fac.run_dir is not None else None
@@ -322,8 +332,8 @@ def run_calibration(
         "task": task,
         "split": split,
         "num_images": n_images,
-        "num_samples": num_samples,
-        "temperature": temperature,
+        "num_samples": num_samples if task == "segmentation" else 1,
+        "temperature": temperature if task == "segmentation" else ",".join(f"{t:g}" for t in SR_TEMPERATURES),
         "chunk_size": chunk_size,
         "seed": seed,
         "device": device,
@@ -334,14 +344,19 @@ def run_calibration(
         "factored_configs": " + ".join(str(p) for p in fac.config_files),
         "dataset_dir": dataset_dir or "synthetic (bundle default)",
     }
-    run_id = _log_mlflow(uri, experiment or bundle.name, run_name, tags, params, report.metrics, output)
+    files = [*report.plots, *([table] if table.is_file() else [])]
+    run_id = _log_mlflow(uri, experiment or bundle.name, run_name, tags, params, report.metrics, files)
     (output / CALIBRATION_RUN_ID_FILE).write_text(run_id + "\n")
 
     result = CalibrateResult(bundle.name, output, dict(report.metrics), list(report.plots), run_id=run_id)
     result.info.update(
         {
             "split / images": f"{split} / {n_images}",
-            "samples / temperature": f"{num_samples} / {temperature:g}",
+            "samples / temperature": (
+                f"{num_samples} / {temperature:g}"
+                if task == "segmentation"
+                else f"1 per temperature, tau in {', '.join(f'{t:g}' for t in SR_TEMPERATURES)}"
+            ),
             "CNF weights": str(cnf.checkpoint),
             "factored weights": str(fac.checkpoint),
             "plots": f"{len(report.plots)} PNG in {output}",
@@ -399,13 +414,18 @@ def calibrate(
     ] = None,
     cnf_checkpoint: Annotated[
         Path | None,
-        typer.Option(help="CNF weights. Default: --run-dir's best/latest, else models/model.pt.", dir_okay=False),
+        typer.Option(
+            help="CNF weights. Default: --run-dir's best/latest, else models/model.pt.",
+            dir_okay=False,
+            rich_help_panel=_PANEL_RUN,
+        ),
     ] = None,
     factored_checkpoint: Annotated[
         Path | None,
         typer.Option(
             help="Factored-baseline weights. Default: --factored-run-dir's best/latest, else models/model_factored.pt.",
             dir_okay=False,
+            rich_help_panel=_PANEL_RUN,
         ),
     ] = None,
     run_dir: Annotated[
@@ -430,7 +450,11 @@ def calibrate(
     seed: Annotated[int, typer.Option(help="Random seed.", rich_help_panel=_PANEL_SAMPLING)] = 0,
     output: Annotated[
         Path | None,
-        typer.Option(help="Folder for the PNG plots. Default: runs/<bundle>-calibration-<split>.", file_okay=False),
+        typer.Option(
+            help="Folder for the PNG plots and per_image.csv. Default: runs/<bundle>-calibration-<split>.",
+            file_okay=False,
+            rich_help_panel=_PANEL_RUN,
+        ),
     ] = None,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda or cuda:N. Default: cuda when available.", rich_help_panel=_PANEL_RUN)
@@ -460,8 +484,12 @@ def calibrate(
     run_name: Annotated[str | None, typer.Option(help="MLflow run name.", rich_help_panel=_PANEL_TRACK)] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Calibration of the CNF vs its factored baseline on a split: PR curves, PR scatter, reliability, GED, HM-IoU,
-    bits/dim, sample grids (SR: the temperature sweep); PNGs + an MLflow run linked to the training runs."""
+    """Compare the CNF with its factored baseline on a split: calibration plots and numbers, tracked in MLflow.
+
+    DRIVE: PR curves (max F), PR-space scatter with the 2nd observer, reliability + ECE, GED, HM-IoU, bits/dim.
+    SR: PSNR/SSIM on Y over the temperature sweep 0, 0.5, 0.8, 1, with sweep grids.
+    PNGs go to --output and to an MLflow run linked to the training runs. SR test sets: -o eval_dir=FOLDER.
+    """
     setup_logging(STATE["verbose"])
     result = run_calibration(
         bundle,

@@ -8,14 +8,16 @@ adds:
   unlabeled image, score = mean per-pixel binary entropy of the sample mean (or sample variance) inside the
   estimated field of view, written into each image's datastore info under ``cnf_uncertainty``;
 - strategy ``cnf_uncertainty``: MONAI Label's ``Epistemic`` strategy reading that key (most uncertain image first);
-- a train task that runs ``train.json`` + the bundle's CPU overlay (``cpu.json``) when there is no GPU, and
-  publishes the new weights to ``<bundle>/models/model.pt`` so inference and scoring reload them.
+- the bundle's preset overlays (``cpu.json`` when there is no GPU) merged on top of ``inference.json`` and
+  ``train.json``, so inference, scoring and training build the same network;
+- a train task that publishes the new weights to ``<bundle>/models/model.pt`` so inference and scoring reload them;
+- 2D labels written as a PNG of the image's size (see :class:`To2DLabeld`).
 
 Offline by default: ``sam2=false`` and ``zoo_source=github`` (bundles are read from ``<app>/model/<name>``; nothing
 is downloaded). Conf keys (``--conf KEY VALUE``): ``models`` (bundle folder names under ``model/``),
 ``cnf_method`` (entropy|variance), ``cnf_num_samples`` (8), ``cnf_temperature`` (1.0), ``cnf_fov_threshold`` (0.1,
-``none`` to score every pixel), ``cnf_train_overlays`` (``auto``: ``cpu.json`` without CUDA; or a comma list;
-``none``), ``skip_scoring`` (false). See docs/monailabel.md.
+``none`` to score every pixel), ``cnf_overlays`` (``auto``: ``cpu.json`` without CUDA; or a comma list of
+files in ``configs/``; ``none``), ``skip_scoring`` (false). See docs/monailabel.md.
 """
 
 from __future__ import annotations
@@ -26,21 +28,24 @@ import os
 import shutil
 import sys
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import monai.bundle
+import numpy as np
 import torch
+from monai.transforms import MapTransform
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.epistemic import Epistemic
+from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import strtobool
 
-from monai_cnf.label import BundleUncertaintyScorer, rank_by_score
+from monai_cnf.label import BundleUncertaintyScorer, rank_by_score, read_config_with_overlays
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +74,73 @@ def _stock_app_module() -> Any:
 _stock = _stock_app_module()
 
 
+class To2DLabeld(MapTransform):
+    """Turn a 2D ``(1, H, W)`` prediction into the ``(W, H)`` uint8 array MONAI Label's writer expects.
+
+    MONAI Label's ``Restored`` + ITK writer follow MONAI's default PIL convention (``reverse_indexing=True``: arrays
+    indexed ``(x, y)``, transposed on writing). A bundle that loads PNG/TIFF with ``reverse_indexing=false``
+    (rows first, as the DRIVE bundle does) gives ``(1, H, W)``: without this step the channel axis is written as a
+    3rd dimension and ``Restored`` resizes ``(H, W)`` to ``(W, H)``.
+    """
+
+    def __init__(self, keys: Any, transpose: bool) -> None:
+        super().__init__(keys)
+        self.transpose = transpose
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            pred = d[key]
+            arr = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+            if arr.ndim == 3 and arr.shape[0] == 1:
+                arr = arr[0]
+                arr = arr.T if self.transpose else arr
+                d[key] = np.ascontiguousarray(arr).astype(np.uint8)
+        return d
+
+
+class CNFBundleInferTask(BundleInferTask):
+    """MONAI Label's ``BundleInferTask`` with the bundle's preset overlays merged on top of ``inference.json`` and
+    :class:`To2DLabeld` for 2D bundles (the label comes back as a PNG of the image's size)."""
+
+    def __init__(self, path: str, conf: dict[str, str], overlays: list[str]):
+        self.overlays = _existing(path, overlays)
+        super().__init__(path, conf)
+
+    def _load_bundle_config(self, path: str, config: str) -> Any:
+        parser = read_config_with_overlays(config, [os.path.join(path, "configs", o) for o in self.overlays])
+        parser.config.update({self.const.key_bundle_root(): path})  # type: ignore[union-attr]
+        return parser
+
+    def post_transforms(self, data: Any = None) -> list[Any]:
+        post = list(super().post_transforms(data))
+        if self.dimension != 2:
+            return post
+        fix = To2DLabeld(self.key_pred, transpose=not _reverse_indexing(self.bundle_config))
+        # before MONAI Label's Restored (appended last by BundleInferTask)
+        return [*post[:-1], fix, post[-1]] if self.add_post_restore and post else [*post, fix]
+
+
+def _existing(path: str, overlays: list[str]) -> list[str]:
+    """The overlays present in ``<path>/configs`` (missing ones are logged and skipped)."""
+    found = [o for o in overlays if os.path.isfile(os.path.join(path, "configs", o))]
+    missing = sorted(set(overlays) - set(found))
+    if missing:
+        logger.warning("bundle %s has no overlay(s) %s; ignored", path, missing)
+    return found
+
+
+def _reverse_indexing(config: Any) -> bool:
+    """The ``reverse_indexing`` of the bundle's ``LoadImaged`` (MONAI's default True when not set)."""
+    for key in ("preprocessing", "pre_transforms"):
+        section = config.get(key)
+        transforms = section.get("transforms", []) if isinstance(section, dict) else section or []
+        for t in transforms if isinstance(transforms, list) else []:
+            if isinstance(t, dict) and str(t.get("_target_", "")).endswith("LoadImaged"):
+                return bool(t.get("reverse_indexing", True))
+    return True
+
+
 class CNFUncertaintyScoring(ScoringMethod):
     """Score unlabeled images by the disagreement between CNF samples (see :mod:`monai_cnf.label.scoring`).
 
@@ -77,7 +149,15 @@ class CNFUncertaintyScoring(ScoringMethod):
     Returns ``{"method", "scores": {image_id: score}, "ranking": [most uncertain first]}``.
     """
 
-    def __init__(self, bundle_path: str, method: str, num_samples: int, temperature: float, fov: float | None):
+    def __init__(
+        self,
+        bundle_path: str,
+        method: str,
+        num_samples: int,
+        temperature: float,
+        fov: float | None,
+        overlays: list[str],
+    ):
         super().__init__(f"CNF sample disagreement ({method} of {num_samples} samples at tau={temperature})")
         self.method = method
         self.scorer = BundleUncertaintyScorer(
@@ -86,6 +166,7 @@ class CNFUncertaintyScoring(ScoringMethod):
             temperature=temperature,
             method=method,
             fov_threshold=fov,
+            overlays=_existing(bundle_path, overlays),
             device="cuda" if torch.cuda.is_available() else "cpu",
         )
 
@@ -126,10 +207,7 @@ class CNFBundleTrainTask(BundleTrainTask):
 
     def __init__(self, path: str, conf: dict[str, str], overlays: list[str]):
         super().__init__(path, conf)
-        self.overlays = [o for o in overlays if os.path.isfile(os.path.join(path, "configs", o))]
-        missing = sorted(set(overlays) - set(self.overlays))
-        if missing:
-            logger.warning("bundle %s has no overlay(s) %s; ignored", path, missing)
+        self.overlays = _existing(path, overlays) if self.is_valid() else []
 
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
         run_dir = os.path.join(self.bundle_path, "runs", "monailabel")
@@ -180,16 +258,28 @@ class CNFApp(_stock.MyApp, MONAILabelApp):  # MONAILabelApp listed so MONAI Labe
         conf = {"sam2": "false", "zoo_source": "github", **(conf or {})}
         super().__init__(app_dir, studies, conf)
 
+    def overlays(self) -> list[str]:
+        """The preset overlays from ``--conf cnf_overlays`` (``auto``: ``cpu.json`` when CUDA is unavailable)."""
+        setting = str(self.conf.get("cnf_overlays", "auto"))
+        if setting == "auto":
+            return [] if torch.cuda.is_available() else ["cpu.json"]
+        if setting.lower() == "none":
+            return []
+        return [o.strip() for o in setting.split(",") if o.strip()]
+
+    def init_infers(self) -> dict[str, InferTask]:
+        infers = super().init_infers()
+        for name, path in self.models.items():
+            if name in infers and not name.endswith("_seg"):
+                task = CNFBundleInferTask(path, self.conf, self.overlays())
+                if task.is_valid():
+                    infers[name] = task
+        return infers
+
     def init_trainers(self) -> dict[str, TrainTask]:
         if strtobool(self.conf.get("skip_trainers", "false")):
             return {}
-        setting = self.conf.get("cnf_train_overlays", "auto")
-        if setting == "auto":
-            overlays = [] if torch.cuda.is_available() else ["cpu.json"]
-        elif setting.lower() == "none":
-            overlays = []
-        else:
-            overlays = [o.strip() for o in setting.split(",") if o.strip()]
+        overlays = self.overlays()
         trainers: dict[str, TrainTask] = {}
         for name, path in self.models.items():
             task = CNFBundleTrainTask(path, self.conf, overlays)
@@ -209,7 +299,7 @@ class CNFApp(_stock.MyApp, MONAILabelApp):  # MONAILabelApp listed so MONAI Labe
         fov = None if str(fov_conf).lower() == "none" else float(fov_conf)
         for name, path in self.models.items():
             key = SCORE_KEY if len(self.models) == 1 else f"{name}_uncertainty"
-            methods[key] = CNFUncertaintyScoring(path, method, num_samples, temperature, fov)
+            methods[key] = CNFUncertaintyScoring(path, method, num_samples, temperature, fov, self.overlays())
             logger.info("+++ Adding Scoring Method:: %s => %s", key, path)
         return methods
 

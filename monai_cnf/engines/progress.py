@@ -31,6 +31,7 @@ class RichProgressHandler:
         keys: output keys shown next to the bar. Defaults to ``("loss", "bpd")``.
         disable: do nothing. Defaults to False.
         transient: remove the bar when the epoch ends. Defaults to False.
+        console: a ``rich.console.Console`` to draw on. Defaults to None (Rich's global console).
 
     Example:
         >>> # RichProgressHandler("train").attach(trainer)
@@ -42,11 +43,13 @@ class RichProgressHandler:
         keys: tuple[str, ...] | list[str] = ("loss", "bpd"),
         disable: bool = False,
         transient: bool = False,
+        console: Any = None,
     ) -> None:
         self.description = description
         self.keys = tuple(keys)
         self.disable = bool(disable)
         self.transient = bool(transient)
+        self.console = console
         self._progress: Any = None
         self._task: Any = None
 
@@ -71,6 +74,7 @@ class RichProgressHandler:
             TimeElapsedColumn(),
             TextColumn("{task.fields[stats]}"),
             transient=self.transient,
+            console=self.console,
         )
         self._progress.start()
         total = engine.state.epoch_length

@@ -2,7 +2,8 @@
 
 - :func:`uncertainty_score`, :func:`sample_disagreement`, :func:`binary_entropy`, :func:`fov_mask`,
   :func:`rank_by_score`: per-image scores from N CNF samples (torch only).
-- :class:`BundleUncertaintyScorer`: loads a bundle's network and scores image files (imports MONAI when used).
+- :class:`BundleUncertaintyScorer`: loads a bundle's network and scores image files (imports MONAI when used);
+  :func:`read_config_with_overlays`: a bundle config with preset overlays (``cpu.json``) merged where they apply.
 - :func:`monailabel_command`, :func:`monailabel_env`, :func:`find_monailabel`: the offline
   ``monailabel start_server`` command for ``apps/monailabel_cnf``.
 
@@ -12,7 +13,7 @@ MONAI Label classes (scoring method, strategy, app) live in ``apps/monailabel_cn
 
 from __future__ import annotations
 
-from monai_cnf.label.bundle_scorer import BundleUncertaintyScorer
+from monai_cnf.label.bundle_scorer import BundleUncertaintyScorer, read_config_with_overlays
 from monai_cnf.label.scoring import (
     UNCERTAINTY_METHODS,
     binary_entropy,
@@ -21,9 +22,17 @@ from monai_cnf.label.scoring import (
     sample_disagreement,
     uncertainty_score,
 )
-from monai_cnf.label.server import OFFLINE_ENV, default_app_dir, find_monailabel, monailabel_command, monailabel_env
+from monai_cnf.label.server import (
+    OFFLINE_CONF,
+    OFFLINE_ENV,
+    default_app_dir,
+    find_monailabel,
+    monailabel_command,
+    monailabel_env,
+)
 
 __all__ = [
+    "OFFLINE_CONF",
     "OFFLINE_ENV",
     "UNCERTAINTY_METHODS",
     "BundleUncertaintyScorer",
@@ -34,6 +43,7 @@ __all__ = [
     "monailabel_command",
     "monailabel_env",
     "rank_by_score",
+    "read_config_with_overlays",
     "sample_disagreement",
     "uncertainty_score",
 ]

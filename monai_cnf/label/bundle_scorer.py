@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,43 @@ import torch
 
 from monai_cnf.label.scoring import UNCERTAINTY_METHODS, fov_mask, uncertainty_score
 
-__all__ = ["BundleUncertaintyScorer"]
+__all__ = ["BundleUncertaintyScorer", "read_config_with_overlays"]
 
 logger = logging.getLogger(__name__)
+
+
+def read_config_with_overlays(config_file: str | os.PathLike, overlays: Sequence[str | os.PathLike] = ()) -> Any:
+    """A ``monai.bundle.ConfigParser`` of ``config_file`` with the overlays' keys merged on top, where they apply.
+
+    MONAI's multi-file merge (``read_config([a, b])``) fails when an overlay sets a nested id whose parent the base
+    lacks (``"train#augmentation"`` on top of ``inference.json``). Here such ids are skipped, so a training preset
+    overlay (``cpu.json``) can resize the network of ``inference.json``: its plain keys (``num_steps``,
+    ``hidden_channels``, ...) replace the base's, nested ids are set only when their parent exists.
+
+    Args:
+        config_file: the base config (e.g. ``configs/inference.json``).
+        overlays: config files merged in order. Defaults to ().
+
+    Returns:
+        the parser (not yet parsed).
+
+    Example:
+        >>> parser = read_config_with_overlays("bundles/drive_vessel/configs/inference.json")  # doctest: +SKIP
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    for overlay in overlays:
+        for key, value in ConfigParser.load_config_file(str(overlay)).items():
+            parts = key.replace("::", "#").split("#")
+            if len(parts) > 1:
+                try:
+                    parser[parts[0]]
+                except KeyError:
+                    continue
+            parser[key] = value
+    return parser
 
 
 class BundleUncertaintyScorer:
@@ -38,6 +73,8 @@ class BundleUncertaintyScorer:
         fov_threshold: red-channel threshold of the FOV estimate; None scores every pixel. Defaults to 0.1.
         device: torch device string. Defaults to "cpu".
         config_file: the config inside ``configs/``. Defaults to "inference.json".
+        overlays: more configs inside ``configs/`` merged on top (MONAI's multi-file merge), e.g. ``["cpu.json"]``
+            when the weights were trained with the CPU preset's network sizes. Defaults to ().
         seed: seed of the sampling generator, so the same weights give the same scores. Defaults to 0.
 
     Example:
@@ -56,6 +93,7 @@ class BundleUncertaintyScorer:
         fov_threshold: float | None = 0.1,
         device: str = "cpu",
         config_file: str = "inference.json",
+        overlays: Sequence[str] = (),
         seed: int = 0,
     ) -> None:
         if method not in UNCERTAINTY_METHODS:
@@ -72,7 +110,12 @@ class BundleUncertaintyScorer:
         self.fov_threshold = fov_threshold
         self.device = torch.device(device)
         self.seed = int(seed)
-        self.config = config
+        self.configs = [str(config)]
+        for name in overlays:
+            overlay = root / "configs" / name
+            if not overlay.is_file():
+                raise FileNotFoundError(f"overlay {str(overlay)!r} not found; pass names of files in configs/.")
+            self.configs.append(str(overlay))
         self._network: torch.nn.Module | None = None
         self._preprocessing: Any = None
         self._mtime: float | None = None
@@ -86,10 +129,7 @@ class BundleUncertaintyScorer:
         mtime = self.checkpoint.stat().st_mtime
         if self._network is not None and mtime == self._mtime:
             return
-        from monai.bundle import ConfigParser
-
-        parser = ConfigParser()
-        parser.read_config(str(self.config))
+        parser = read_config_with_overlays(self.configs[0], self.configs[1:])
         parser["bundle_root"] = str(self.bundle_root)
         parser["device"] = str(self.device)
         network = parser.get_parsed_content("network_def", instantiate=True).to(self.device)

@@ -4,12 +4,16 @@ MONAI Label lives in its own environment (``scripts/monailabel_env.sh`` makes ``
 imports ``monailabel``: these helpers only build the command line and the environment variables, for the CLI or a
 test to run with :mod:`subprocess`.
 
-Offline settings (MONAI Label 0.8.x):
+Offline settings (MONAI Label 0.8.5, read from its source):
 
-- ``--conf models <name>`` names a bundle already in ``<app>/model/<name>``, so ``get_bundle_models`` never
-  asks the model zoo; ``MONAI_ZOO_SOURCE=github`` with ``MONAI_ZOO_AUTH_TOKEN`` unset is not needed then.
-- ``MONAI_LABEL_AUTO_UPDATE_SCORING=false`` stops the server from re-scoring (and downloading nothing) at start.
-- ``MONAI_LABEL_SESSIONS=false`` / ``MONAI_LABEL_DICOMWEB_*`` are left at their defaults (local studies folder).
+- ``--conf zoo_source github`` (and ``MONAI_ZOO_SOURCE=github``): the default source ``monaihosting`` makes
+  ``get_bundle_models`` query the model zoo at start-up even for a bundle already on disk; with any other source a
+  bundle folder present in ``<app>/model/<name>`` is used as is and nothing is downloaded.
+- ``--conf sam2 false``: the ``monaibundle`` app otherwise adds SAM2 infer tasks (the ``sam2`` package comes with
+  ``monailabel``) whose weights are downloaded from the Hugging Face hub.
+- ``MONAI_LABEL_AUTO_UPDATE_SCORING=false``: no scoring run after start-up, each training and each
+  ``/activelearning`` call (local work only, but it costs a CNF sampling pass per unlabeled image on 2 cores); run
+  ``/scoring/cnf_uncertainty`` when you want fresh scores.
 - ``--host 127.0.0.1``: the server listens on the loopback interface only.
 """
 
@@ -20,13 +24,15 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["OFFLINE_ENV", "default_app_dir", "find_monailabel", "monailabel_command", "monailabel_env"]
+__all__ = ["OFFLINE_CONF", "OFFLINE_ENV", "default_app_dir", "find_monailabel", "monailabel_command", "monailabel_env"]
 
-#: environment variables that keep MONAI Label 0.8.x from touching the network at start-up
+#: ``--conf`` values that keep the ``monaibundle`` app (and ours) offline
+OFFLINE_CONF: dict[str, str] = {"zoo_source": "github", "sam2": "false"}
+
+#: environment variables for an offline MONAI Label 0.8.x server
 OFFLINE_ENV: dict[str, str] = {
     "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
     "MONAI_ZOO_SOURCE": "github",
-    "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
@@ -92,7 +98,8 @@ def monailabel_command(
         bundle: the bundle's folder name under ``<app_dir>/model``, e.g. ``"drive_vessel"``.
         port: TCP port. Defaults to 8000.
         host: address to bind; keep the loopback address on a shared machine. Defaults to "127.0.0.1".
-        conf: extra ``--conf`` key/values (e.g. ``{"skip_scoring": "false"}``). Defaults to None.
+        conf: extra ``--conf`` key/values (e.g. ``{"cnf_num_samples": "16"}``), added after
+            :data:`OFFLINE_CONF`. Defaults to None.
         executable: the ``monailabel`` executable; None looks it up with :func:`find_monailabel` and falls back to
             ``"monailabel"``. Defaults to None.
 
@@ -126,19 +133,24 @@ def monailabel_command(
         "models",
         str(bundle),
     ]
-    for key, value in (conf or {}).items():
+    for key, value in {**OFFLINE_CONF, **(conf or {})}.items():
         cmd += ["--conf", str(key), str(value)]
     return cmd
 
 
-def monailabel_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+def monailabel_env(
+    base: Mapping[str, str] | None = None, executable: str | os.PathLike | None = None, **extra: str
+) -> dict[str, str]:
     """The environment for :func:`monailabel_command`: ``base`` (default ``os.environ``) + :data:`OFFLINE_ENV`.
 
-    The repository root is prepended to ``PYTHONPATH`` so the bundle configs' ``monai_cnf`` imports resolve even
-    when the label environment has no editable install of the package.
+    The ``monailabel`` launcher is a shell script that runs ``python -m monailabel.main`` with the first ``python``
+    on the ``PATH``; so the label environment's ``bin`` is put first on ``PATH`` and ``MONAILABEL_PYEXE`` points at
+    its interpreter. The repository root is prepended to ``PYTHONPATH`` so the bundle configs' ``monai_cnf``
+    imports resolve even without an editable install of the package there.
 
     Args:
         base: the starting environment. Defaults to None (a copy of ``os.environ``).
+        executable: the ``monailabel`` executable; None uses :func:`find_monailabel`. Defaults to None.
         extra: more variables, set last.
 
     Returns:
@@ -150,6 +162,13 @@ def monailabel_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[
     """
     env = dict(os.environ if base is None else base)
     env.update(OFFLINE_ENV)
+    exe = Path(executable) if executable is not None else find_monailabel()
+    if exe is not None:
+        bin_dir = exe.parent
+        env["PATH"] = os.pathsep.join(p for p in (str(bin_dir), env.get("PATH", "")) if p)
+        if (bin_dir / "python").exists():
+            env["MONAILABEL_PYEXE"] = str(bin_dir / "python")
+            env["VIRTUAL_ENV"] = str(bin_dir.parent)
     root = str(default_app_dir().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")

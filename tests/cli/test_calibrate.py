@@ -1,8 +1,9 @@
 """``cnf calibrate`` end to end on the DRIVE bundle with tiny networks on a tiny synthetic retina set (issue 6).
 
 Both networks are built from the bundle's own configs (train.json + cpu.json [+ factored.json]) with tiny overrides,
-their freshly initialised state_dicts saved into "training run" folders that carry MLflow run ids; the command must
-find the weights there, write valid PNGs, log finite in-range metrics, the PNGs as artifacts and the link tags.
+their freshly initialised state_dicts and resolved configs saved into "training run" folders as `cnf train` leaves
+them, with MLflow run ids; the command must rebuild the networks from those configs, find the weights, write valid
+PNGs, log finite in-range metrics, the PNGs as artifacts and the link tags.
 """
 
 from __future__ import annotations
@@ -64,8 +65,14 @@ def _network(kind: str) -> torch.nn.Module:
 
 
 def _training_run(folder: Path, kind: str, client: mlflow.MlflowClient, exp_id: str) -> tuple[str, torch.nn.Module]:
-    """A run folder as `cnf train` leaves it: models/model.pt and the MLflow run id."""
-    net = _network(kind)
+    """A run folder as `cnf train` leaves it: the resolved config.json, models/model.pt and the MLflow run id."""
+    from monai_cnf.cli._bundle import compose_config_files, export_config, load_bundle, make_workflow
+
+    bundle = load_bundle(BUNDLE)
+    workflow = make_workflow(bundle, compose_config_files(bundle, "train", "cpu", kind), {})
+    workflow.parser.update({**OVERRIDES, "bundle_root": str(BUNDLE), "output_dir": str(folder)})
+    export_config(workflow, folder / "config.json")
+    net = workflow.parser.get_parsed_content("network_def")
     (folder / "models").mkdir(parents=True)
     torch.save(net.state_dict(), folder / "models" / "model.pt")
     run_id = client.create_run(exp_id, run_name=f"train-{kind}").info.run_id
@@ -102,7 +109,8 @@ def test_calibrate_end_to_end(tmp_path: Path, store: tuple[str, mlflow.MlflowCli
     out = tmp_path / "calib"
     args = ["calibrate", str(BUNDLE), "--run-dir", str(tmp_path / "run_cnf"), "--factored-run-dir"]
     args += [str(tmp_path / "run_fac"), "--num-samples", "5", "--chunk-size", "2", "--output", str(out)]
-    args += ["--device", "cpu", "--preset", "cpu", "--tracking-uri", uri, "--no-progress", *CLI_OVERRIDES]
+    # no --override: both networks and the data settings come from the run folders' resolved config.json
+    args += ["--device", "cpu", "--preset", "paper", "--tracking-uri", uri, "--no-progress"]
     result = CliRunner().invoke(_app(), args, terminal_width=200)
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     assert "cnf calibrate drive_vessel" in result.stdout and "max_f" in result.stdout  # the Rich table
@@ -129,7 +137,7 @@ def test_calibrate_end_to_end(tmp_path: Path, store: tuple[str, mlflow.MlflowCli
     assert tags["cnf.factored_training_run_id"] == fac_run and tags["cnf.mode"] == "calibrate"
     assert run.data.params["num_samples"] == "5" and run.data.params["split"] == "test"
     artifacts = {a.path for a in client.list_artifacts(run_id, "calibration")}
-    assert {f"calibration/{p}" for p in pngs} <= artifacts, artifacts
+    assert artifacts == {f"calibration/{p}" for p in [*pngs, "per_image.csv"]}, artifacts
 
     # numbers from independent formulas on the same files (the synthetic set generated in the CNF run folder)
     from monai.transforms import Compose, DivisiblePadd
@@ -203,3 +211,47 @@ def test_clear_errors(tmp_path: Path, store: tuple[str, mlflow.MlflowClient, str
     ok = ["--cnf-checkpoint", str(tmp_path / "cnf_ok.pt"), "--factored-checkpoint", str(tmp_path / "fac.pt")]
     line = error([*ok, "--dataset-dir", str(wrong_data)])
     assert "layout" in line and str(wrong_data) in line
+
+
+SR_BUNDLE = ROOT / "bundles" / "super_resolution"
+SR_OVERRIDES = {
+    "num_steps": 1,
+    "hidden_channels": 8,
+    "rrdb_blocks": 1,
+    "rrdb_growth_channels": 4,
+    "rrdb_feature_channels": 8,
+    "num_val": 1,
+    "val_crop": [32, 32],
+}
+
+
+@pytest.mark.skipif(
+    not all((SR_BUNDLE / "configs" / f).is_file() for f in NEEDED), reason="the SR bundle is incomplete"
+)
+def test_calibrate_super_resolution(tmp_path: Path, store: tuple[str, mlflow.MlflowClient, str]) -> None:
+    from monai.bundle import ConfigParser
+
+    uri, client, _ = store
+    for kind in ("cnf", "factored"):
+        parser = ConfigParser()
+        files = ["train.json", "cpu.json"] + (["factored.json"] if kind == "factored" else [])
+        parser.read_config([str(SR_BUNDLE / "configs" / f) for f in files])
+        parser.update(SR_OVERRIDES)
+        torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / f"{kind}.pt")
+    out = tmp_path / "calib"
+    args = ["calibrate", str(SR_BUNDLE), "--cnf-checkpoint", str(tmp_path / "cnf.pt"), "--factored-checkpoint"]
+    args += [str(tmp_path / "factored.pt"), "--output", str(out), "--device", "cpu", "--preset", "cpu"]
+    args += ["--tracking-uri", uri, "--no-progress"]
+    args += [a for k, v in SR_OVERRIDES.items() for a in ("-o", f"{k}={json.dumps(v)}")]
+    result = CliRunner().invoke(_app(), args, terminal_width=200)
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    pngs = list(out.glob("temperature_sweep_*.png"))
+    assert len(pngs) == 1
+    with Image.open(pngs[0]) as img:
+        img.verify()
+    metrics = client.get_run((out / "mlflow_calibration_run_id").read_text().strip()).data.metrics
+    for m in ("cnf", "factored"):
+        for tau in ("0", "0.5", "0.8", "1"):
+            assert math.isfinite(metrics[f"{m}/psnr_y_t{tau}"]) and metrics[f"{m}/psnr_y_t{tau}"] > 0
+            assert -1.0 <= metrics[f"{m}/ssim_y_t{tau}"] <= 1.0
+        assert metrics[f"{m}/bits_per_dim"] > 0 and math.isfinite(metrics[f"{m}/bits_per_dim"])

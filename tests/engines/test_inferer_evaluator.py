@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
@@ -98,3 +99,51 @@ def test_evaluator_bits_per_dim_and_mean(tiny_flow, tiny_data) -> None:
     y = torch.stack([d["label"] for d in tiny_data[:8]])
     expected = (-tiny_flow.log_prob(y, x) / (16 * math.log(2.0))).mean().item()
     assert evaluator.state.metrics["val_bpd"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_max_f_score_metric_matches_sklearn_inside_mask() -> None:
+    from sklearn.metrics import precision_recall_curve
+
+    from monai_cnf.engines import MaxFScoreMetric
+
+    g = torch.Generator().manual_seed(0)
+    label = (torch.rand(3, 1, 8, 8, generator=g) > 0.7).float()
+    pred = (0.6 * label + 0.7 * torch.rand(3, 1, 8, 8, generator=g)).clamp(0, 1)
+    mask = torch.zeros(3, 1, 8, 8)
+    mask[..., 1:7, 1:7] = 1
+    pred[..., 0, :] = 1.0  # confident false positives outside the FOV must not count
+    label[..., 0, :] = 0.0
+    metric = MaxFScoreMetric()
+    metric.reset()
+    items = [{"pred": p, "label": y, "mask": m} for p, y, m in zip(pred, label, mask, strict=True)]
+    metric.update(metric._output_transform(items))  # what an engine does with its decollated output
+    keep = mask.bool()
+    prec, rec, _ = precision_recall_curve(label[keep].numpy(), pred[keep].numpy())
+    f = (2 * prec * rec / np.maximum(prec + rec, 1e-12)).max()
+    assert metric.compute() == pytest.approx(float(f), abs=1e-9)
+
+
+def test_rich_progress_shows_loss() -> None:
+    import io
+
+    from rich.console import Console
+
+    from monai_cnf.engines import FlowTrainer, RichProgressHandler
+
+    buf = io.StringIO()
+    net = _TinyStandIn()
+    data = [{"image": torch.rand(1, 4, 4), "label": torch.rand(1, 4, 4)} for _ in range(4)]
+    trainer = FlowTrainer("cpu", 2, DataLoader(data, batch_size=2), net, torch.optim.SGD(net.parameters(), lr=0.0))
+    RichProgressHandler("fit", console=Console(file=buf, force_terminal=False, width=120)).attach(trainer)
+    trainer.run()
+    text = buf.getvalue()
+    assert "fit 2/2" in text and "2/2" in text and "loss=" in text and "bpd=" in text
+
+
+class _TinyStandIn(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.b = torch.nn.Parameter(torch.zeros(1))
+
+    def log_prob(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return -((y - self.b) ** 2).flatten(1).sum(1)
