@@ -58,7 +58,7 @@ TINY_TRAIN = {
     "warmup_steps": 1,
     "val_interval": 1,
 }
-SIZE = (68, 60)  # (H, W): not a multiple of 4, so the bundle's padding has to be undone
+SIZE = (70, 61)  # (H, W), H != W and neither a multiple of 4: padding and axis order must both be undone
 
 
 def _free_port() -> int:
@@ -100,7 +100,7 @@ def _tiny_bundle(dst: Path) -> Path:
     from monai.bundle import ConfigParser
 
     shutil.copytree(BUNDLE, dst, ignore=shutil.ignore_patterns("runs", "*.pt", "__pycache__"))
-    _patch(dst / "configs" / "inference.json", TINY)
+    _patch(dst / "configs" / "inference.json", {**TINY, "temperature": 0.0})  # deterministic decode: comparable
     _patch(dst / "configs" / "train.json", TINY)
     if (dst / "configs" / "cpu.json").is_file():
         _patch(dst / "configs" / "cpu.json", TINY_TRAIN)
@@ -112,6 +112,27 @@ def _tiny_bundle(dst: Path) -> Path:
     (dst / "models").mkdir(exist_ok=True)
     torch.save(network.state_dict(), dst / "models" / "model.pt")
     return dst
+
+
+def _expected_label(bundle: Path, image: Path) -> np.ndarray:
+    """The bundle's own prediction for ``image`` computed here (main env), independently of MONAI Label."""
+    import torch
+    from monai.transforms import Invertd
+
+    from monai_cnf.engines import SampleInferer
+    from monai_cnf.label import read_config_with_overlays
+
+    configs = bundle / "configs"
+    parser = read_config_with_overlays(configs / "inference.json", [configs / "cpu.json"])
+    parser["bundle_root"] = str(bundle)
+    network = parser.get_parsed_content("network_def", instantiate=True)
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+    network.eval()
+    pre = parser.get_parsed_content("preprocessing", instantiate=True)
+    data = pre({"image": str(image)})
+    data["pred"] = SampleInferer(num_samples=1, temperature=0.0)(data["image"][None], network)[0]
+    data = Invertd(keys="pred", transform=pre, orig_keys="image")(data)
+    return (np.asarray(data["pred"][0]) > 0.5).astype(np.uint8)
 
 
 def _studies(folder: Path, num: int) -> list[Path]:
@@ -219,6 +240,10 @@ def test_monailabel_serves_infers_trains_and_ranks(tmp_path):
         timings["infer_s"] = time.monotonic() - t
         assert pred.shape == SIZE
         assert set(np.unique(pred).tolist()) <= {0, 1}
+        # same pixels as the bundle's own pipeline run here (a flipped/transposed/shifted map would disagree)
+        expected = _expected_label(bundle, extra)
+        assert 0.02 < expected.mean() < 0.98, expected.mean()  # not constant: the comparison can fail
+        assert (pred == expected).mean() > 0.99, (pred == expected).mean()
 
         # scoring: every unlabeled image gets a score, ranked most uncertain first
         t = time.monotonic()
