@@ -7,15 +7,17 @@ Two settings (the paper's):
 * DRIVE: ``VGGConditioner`` (32, 64 channels) on 256x256 patches, inside a binary CNF (L=2, K=8, additive).
 
 For each, the conditioner alone (forward + backward of the sum of its outputs) and a full training step
-(bits/dim loss, backward, Adam step) are timed in both memory formats (contiguous and channels_last), and the
-ratios are printed. Run ``python benchmarks/conditioner_speed.py --help`` for sizes and repeats; ``--quick``
-shrinks everything for a smoke run.
+(bits/dim loss, backward, Adam step) are timed in both memory formats (contiguous and channels_last), the four
+measurements interleaved in every repeat, and the ratios are printed. ``--help`` lists the options;
+``--quick`` shrinks everything for a smoke run.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -24,24 +26,9 @@ import torch
 from monai_cnf.networks import ConditionalNormalizingFlow, RRDBConditioner, VGGConditioner
 
 
-def _time(fn: Callable[[], None], repeats: int, warmup: int, device: torch.device) -> float:
-    """Median wall time (s) of ``fn`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _fmt(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return t.contiguous(memory_format=torch.channels_last) if channels_last else t.contiguous()
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def bench_setting(
@@ -54,33 +41,54 @@ def bench_setting(
     warmup: int,
     device: torch.device,
 ) -> dict[str, float]:
-    results: dict[str, float] = {}
+    """Median times (s) of the conditioner's fwd+bwd and of a full CNF training step, in both memory formats.
+
+    The four measurements are interleaved in every repeat, so drifts in machine load hit them alike.
+    """
     model.conditioner.load_state_dict(conditioner.state_dict())
+    fns: dict[str, Callable[[], None]] = {}
     for channels_last in (False, True):
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        conditioner.to(device, memory_format=fmt)
-        model.to(device, memory_format=fmt)
-        xs, ys = _fmt(x.to(device), channels_last), _fmt(y.to(device), channels_last)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        tag = "channels_last" if channels_last else "contiguous"
+        cond_copy = copy.deepcopy(conditioner).to(device, memory_format=fmt)
+        model_copy = copy.deepcopy(model).to(device, memory_format=fmt)
+        xs = x.to(device).contiguous(memory_format=fmt)
+        ys = y.to(device).contiguous(memory_format=fmt)
+        opt = torch.optim.Adam(model_copy.parameters(), lr=1e-4)
 
-        def cond_step(xs: torch.Tensor = xs) -> None:
-            conditioner.zero_grad(set_to_none=True)
-            sum(h.sum() for h in conditioner(xs)).backward()
+        def cond_step(net: torch.nn.Module = cond_copy, xs: torch.Tensor = xs) -> None:
+            net.zero_grad(set_to_none=True)
+            sum(h.sum() for h in net(xs)).backward()
 
-        def train_step(xs: torch.Tensor = xs, ys: torch.Tensor = ys, opt: torch.optim.Optimizer = opt) -> None:
+        def train_step(
+            net: ConditionalNormalizingFlow = model_copy,
+            xs: torch.Tensor = xs,
+            ys: torch.Tensor = ys,
+            opt: torch.optim.Optimizer = opt,
+        ) -> None:
             opt.zero_grad(set_to_none=True)
-            model.bits_per_dim(ys, xs).mean().backward()
+            net.bits_per_dim(ys, xs).mean().backward()
             opt.step()
 
-        tag = "channels_last" if channels_last else "contiguous"
-        results[f"cond_{tag}"] = _time(cond_step, repeats, warmup, device)
-        results[f"step_{tag}"] = _time(train_step, repeats, warmup, device)
-    print(f"\n== {name} ==")
+        fns[f"cond_{tag}"] = cond_step
+        fns[f"step_{tag}"] = train_step
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {key: [] for key in fns}
+    for r in range(repeats):
+        for key, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[key].append(time.perf_counter() - t0)
+        print(f"  ... {name} repeat {r + 1}: " + ", ".join(f"{k} {v[-1] * 1e3:.0f} ms" for k, v in times.items()))
+    results = {key: statistics.median(v) for key, v in times.items()}
+    print(f"\n== {name} (median of {repeats}) ==")
     for tag in ("contiguous", "channels_last"):
         c, s = results[f"cond_{tag}"], results[f"step_{tag}"]
-        print(
-            f"  {tag:14s} conditioner fwd+bwd {c * 1e3:9.1f} ms | CNF train step {s * 1e3:9.1f} ms | share {c / s:6.1%}"
-        )
+        print(f"  {tag:14s} conditioner fwd+bwd {c * 1e3:9.1f} ms | CNF step {s * 1e3:9.1f} ms | share {c / s:6.1%}")
     for what in ("cond", "step"):
         ratio = results[f"{what}_contiguous"] / results[f"{what}_channels_last"]
         faster = "channels_last" if ratio > 1 else "contiguous"
@@ -97,6 +105,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     parser.add_argument("--only", choices=["sr", "drive"], default=None)
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows when redirected
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -93,8 +93,13 @@ class FrEIAFlow:
         import FrEIA.framework as Ff
         import FrEIA.modules as Fm
 
-        # the same layers, as an ordinary subnet (our recompute-in-backward memory saving is not FrEIA's)
-        subnet = conv_subnet_factory(2, HIDDEN, recompute_hidden=False)
+        # the very same layers and initialisation as an ordinary nn.Sequential: our subnet's lean backward pass
+        # (no stored concatenation, recomputed hidden map) is part of what is being compared
+        make = conv_subnet_factory(2, HIDDEN)
+
+        def subnet(c_in: int, c_out: int) -> nn.Module:
+            return nn.Sequential(*make(c_in, c_out))
+
         inp = Ff.InputNode(IN_CHANNELS, SIZE, SIZE, name="y")
         cond_nodes = [
             Ff.ConditionNode(COND_CHANNELS, SIZE // 2 ** (lvl + 1), SIZE // 2 ** (lvl + 1), name=f"h{lvl}")
@@ -238,7 +243,7 @@ def saved_activation_bytes(flow: Ours | FrEIAFlow, y: torch.Tensor, conds: list[
 def conv_reference(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     """GFLOP/s of the flow's own subnet convolutions run as a plain stack (forward + backward), no flow around."""
     torch.manual_seed(0)
-    make = conv_subnet_factory(2, HIDDEN, recompute_hidden=False)
+    make = conv_subnet_factory(2, HIDDEN)
     stacks, inputs = [], []
     channels = IN_CHANNELS
     for lvl in range(LEVELS):
@@ -246,7 +251,7 @@ def conv_reference(args: argparse.Namespace, device: torch.device) -> dict[str, 
         size = SIZE // 2 ** (lvl + 1)
         passive, active = channels - channels // 2, channels // 2
         for _ in range(STEPS):
-            net = make(passive + COND_CHANNELS, 2 * active).to(device)
+            net = nn.Sequential(*make(passive + COND_CHANNELS, 2 * active)).to(device)  # plain autograd
             nn.init.normal_(net[-1].weight, std=0.01)
             x = torch.randn(args.batch, passive + COND_CHANNELS, size, size, device=device)
             if args.channels_last:

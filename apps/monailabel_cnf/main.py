@@ -16,8 +16,9 @@ adds:
 Offline by default: ``sam2=false`` and ``zoo_source=github`` (bundles are read from ``<app>/model/<name>``; nothing
 is downloaded). Conf keys (``--conf KEY VALUE``): ``models`` (bundle folder names under ``model/``),
 ``cnf_method`` (entropy|variance), ``cnf_num_samples`` (8), ``cnf_temperature`` (1.0), ``cnf_fov_threshold`` (0.1,
-``none`` to score every pixel), ``cnf_overlays`` (``auto``: ``cpu.json`` without CUDA; or a comma list of
-files in ``configs/``; ``none``), ``skip_scoring`` (false). See docs/monailabel.md.
+``none`` to score every pixel), ``cnf_overlays`` (``auto``: the preset whose network matches
+``models/model.pt``, else ``cpu.json`` without CUDA; or a comma list of files in ``configs/``; ``none``),
+``skip_scoring`` (false). See docs/monailabel.md.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import strtobool
 
-from monai_cnf.label import BundleUncertaintyScorer, rank_by_score, read_config_with_overlays
+from monai_cnf.label import BundleUncertaintyScorer, matching_overlays, rank_by_score, read_config_with_overlays
 
 logger = logging.getLogger(__name__)
 
@@ -256,22 +257,35 @@ class CNFApp(_stock.MyApp, MONAILabelApp):  # MONAILabelApp listed so MONAI Labe
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
         conf = {"sam2": "false", "zoo_source": "github", **(conf or {})}
+        self._overlays: dict[str, list[str]] = {}
         super().__init__(app_dir, studies, conf)
 
-    def overlays(self) -> list[str]:
-        """The preset overlays from ``--conf cnf_overlays`` (``auto``: ``cpu.json`` when CUDA is unavailable)."""
+    def overlays(self, bundle_path: str) -> list[str]:
+        """The preset overlays from ``--conf cnf_overlays``.
+
+        ``auto`` (default): the preset whose network matches ``models/model.pt`` (none = the paper's
+        ``inference.json``, or ``cpu.json``; the device's own preset when both do); without weights, ``cpu.json``
+        when CUDA is unavailable.
+        """
         setting = str(self.conf.get("cnf_overlays", "auto"))
-        if setting == "auto":
-            return [] if torch.cuda.is_available() else ["cpu.json"]
         if setting.lower() == "none":
             return []
-        return [o.strip() for o in setting.split(",") if o.strip()]
+        if setting != "auto":
+            return [o.strip() for o in setting.split(",") if o.strip()]
+        cached = self._overlays.get(bundle_path)
+        if cached is None:
+            preferred: list[tuple[str, ...]] = [(), ("cpu.json",)] if torch.cuda.is_available() else [("cpu.json",), ()]
+            found = matching_overlays(bundle_path, candidates=preferred)  # the device's preset first when both fit
+            cached = found if found is not None else list(preferred[0])
+            logger.info("bundle %s: preset overlays %s", bundle_path, cached)
+            self._overlays[bundle_path] = cached
+        return list(cached)
 
     def init_infers(self) -> dict[str, InferTask]:
         infers = super().init_infers()
         for name, path in self.models.items():
             if name in infers and not name.endswith("_seg"):
-                task = CNFBundleInferTask(path, self.conf, self.overlays())
+                task = CNFBundleInferTask(path, self.conf, self.overlays(path))
                 if task.is_valid():
                     infers[name] = task
         return infers
@@ -279,10 +293,9 @@ class CNFApp(_stock.MyApp, MONAILabelApp):  # MONAILabelApp listed so MONAI Labe
     def init_trainers(self) -> dict[str, TrainTask]:
         if strtobool(self.conf.get("skip_trainers", "false")):
             return {}
-        overlays = self.overlays()
         trainers: dict[str, TrainTask] = {}
         for name, path in self.models.items():
-            task = CNFBundleTrainTask(path, self.conf, overlays)
+            task = CNFBundleTrainTask(path, self.conf, self.overlays(path))
             if task.is_valid():
                 logger.info("+++ Adding Trainer:: %s => %s (overlays %s)", name, path, task.overlays)
                 trainers[name] = task
@@ -299,7 +312,7 @@ class CNFApp(_stock.MyApp, MONAILabelApp):  # MONAILabelApp listed so MONAI Labe
         fov = None if str(fov_conf).lower() == "none" else float(fov_conf)
         for name, path in self.models.items():
             key = SCORE_KEY if len(self.models) == 1 else f"{name}_uncertainty"
-            methods[key] = CNFUncertaintyScoring(path, method, num_samples, temperature, fov, self.overlays())
+            methods[key] = CNFUncertaintyScoring(path, method, num_samples, temperature, fov, self.overlays(path))
             logger.info("+++ Adding Scoring Method:: %s => %s", key, path)
         return methods
 

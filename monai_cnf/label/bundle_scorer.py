@@ -16,7 +16,7 @@ import torch
 
 from monai_cnf.label.scoring import UNCERTAINTY_METHODS, fov_mask, uncertainty_score
 
-__all__ = ["BundleUncertaintyScorer", "read_config_with_overlays"]
+__all__ = ["BundleUncertaintyScorer", "matching_overlays", "read_config_with_overlays"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,57 @@ def read_config_with_overlays(config_file: str | os.PathLike, overlays: Sequence
                     continue
             parser[key] = value
     return parser
+
+
+def matching_overlays(
+    bundle_root: str | os.PathLike,
+    candidates: Sequence[Sequence[str]] = ((), ("cpu.json",)),
+    checkpoint: str | os.PathLike | None = None,
+    config_file: str = "inference.json",
+) -> list[str] | None:
+    """The first overlay set (files in ``configs/``) whose ``network_def`` has the checkpoint's parameter shapes.
+
+    The DRIVE bundle's presets build networks of different sizes (``inference.json``: the paper's, ``cpu.json``:
+    smaller), so the weights in ``models/model.pt`` tell which preset must be merged for inference and fine-tuning.
+
+    Args:
+        bundle_root: the bundle folder.
+        candidates: overlay sets to try, in order. Defaults to ``((), ("cpu.json",))``.
+        checkpoint: the weights; None uses ``<bundle_root>/models/model.pt``. Defaults to None.
+        config_file: the base config in ``configs/``. Defaults to "inference.json".
+
+    Returns:
+        the matching overlay list, or None when there are no weights or none matches.
+
+    Example:
+        >>> matching_overlays("bundles/drive_vessel")  # doctest: +SKIP
+        ['cpu.json']
+    """
+    root = Path(bundle_root)
+    ckpt = Path(checkpoint) if checkpoint is not None else root / "models" / "model.pt"
+    if not ckpt.is_file():
+        return None
+    state = _state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    for overlays in candidates:
+        files = [root / "configs" / o for o in overlays]
+        if not all(f.is_file() for f in files):
+            continue
+        parser = read_config_with_overlays(root / "configs" / config_file, files)
+        parser["bundle_root"] = str(root)
+        net = parser.get_parsed_content("network_def", instantiate=True)
+        if {k: tuple(v.shape) for k, v in net.state_dict().items()} == shapes:
+            return list(overlays)
+    return None
+
+
+def _state_dict(state: Any) -> dict[str, Any]:
+    """A plain ``state_dict`` from a plain one or a checkpoint dict with key ``"network"`` or ``"model"``."""
+    if isinstance(state, dict):
+        for key in ("network", "model"):
+            if isinstance(state.get(key), dict):
+                return state[key]
+    return state
 
 
 class BundleUncertaintyScorer:
@@ -133,12 +184,7 @@ class BundleUncertaintyScorer:
         parser["bundle_root"] = str(self.bundle_root)
         parser["device"] = str(self.device)
         network = parser.get_parsed_content("network_def", instantiate=True).to(self.device)
-        state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
-        if isinstance(state, dict):
-            for key in ("network", "model"):
-                if isinstance(state.get(key), dict):
-                    state = state[key]
-                    break
+        state = _state_dict(torch.load(self.checkpoint, map_location=self.device, weights_only=True))
         network.load_state_dict(state)
         network.eval()
         self._network = network

@@ -57,6 +57,7 @@ def _workflow(files: list[str], out: Path, **override):
 
 
 _DB: dict[str, str] = {}
+pytestmark = pytest.mark.slow  # each module runs real (tiny) bundle workflows, one through a subprocess
 
 
 @pytest.fixture(scope="module")

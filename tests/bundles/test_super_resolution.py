@@ -35,6 +35,7 @@ TINY = {
     "device": "cpu",
 }
 _DB: dict[str, str] = {}
+pytestmark = pytest.mark.slow  # each module runs real (tiny) bundle workflows, one through a subprocess
 
 
 def _files(*names: str) -> list[str]:

@@ -101,6 +101,7 @@ def _run(script: Path, out: Path, max_epochs: int, resume: bool, sleep: float = 
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path: Path, tiny_flow_source: str) -> None:
     script = tmp_path / "train.py"
     script.write_text(TRAIN_SCRIPT.format(stand_in=tiny_flow_source))
