@@ -7,7 +7,7 @@ CNF := $(VENV)/bin/cnf
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test lint bench clean
+.PHONY: install label-env demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml setup.py
 	touch $@
 
 install: $(VENV)/.installed
+
+## MONAI Label's own environment (.venv-label; torch 2.14.1 + torchvision, ~8 GB): see docs/monailabel.md
+label-env: install
+	bash scripts/monailabel_env.sh
 
 ## The main job on its embedded default: train the DRIVE CNF on the synthetic retina set, evaluate it,
 ## and say where the results are.

@@ -35,6 +35,10 @@ APP = ROOT / "apps" / "monailabel_cnf"
 EXE = find_monailabel()
 logger = logging.getLogger(__name__)
 
+# CI sets MONAI_CNF_REQUIRE_MONAILABEL=1 after creating the env: there a missing env is a failure, not a skip.
+if EXE is None and os.environ.get("MONAI_CNF_REQUIRE_MONAILABEL") == "1":
+    raise RuntimeError("MONAI_CNF_REQUIRE_MONAILABEL=1 but no MONAI Label env: run `bash scripts/monailabel_env.sh`")
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
