@@ -69,6 +69,24 @@ for _cond in (False, True):
             )
         CASES.append(Case(f"flowstep_{_kind}", lambda sd, cc, k=_kind: FlowStep(sd, 2, cc, HIDDEN, k), 2, _cond))
     CASES.append(Case("flowstep_plain_invconv", lambda sd, cc: FlowStep(sd, 3, cc, HIDDEN, lu=False), 3, _cond))
+    # a user subnet factory (FrEIA style) without the default subnet's concat-free path
+    CASES.append(
+        Case(
+            "coupling_custom_subnet",
+            lambda sd, cc: AffineCoupling(
+                sd,
+                3,
+                cc,
+                subnet=lambda i, o, sd=sd: torch.nn.Sequential(
+                    (torch.nn.Conv2d if sd == 2 else torch.nn.Conv3d)(i, 5, 3, padding=1),
+                    torch.nn.Tanh(),
+                    (torch.nn.Conv2d if sd == 2 else torch.nn.Conv3d)(5, o, 1),
+                ),
+            ),
+            3,
+            _cond,
+        )
+    )
 # a single channel can only be coupled on the conditioning features
 CASES.append(Case("coupling_affine_c1", lambda sd, cc: AffineCoupling(sd, 1, cc, HIDDEN), 1, True))
 

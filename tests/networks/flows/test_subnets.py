@@ -37,7 +37,16 @@ def test_forward_split_equals_concat_and_recompute_gives_same_gradients(sd: int,
     g_fast = torch.autograd.grad((out_fast * weight).sum(), [*inputs, *fast.parameters()])
     for a, b in zip(g_fast, g_ref, strict=True):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
-    assert torch.autograd.gradcheck(lambda inp: fast(inp), (torch.cat(inputs[::-1], 1).detach().requires_grad_(),))
+
+
+def test_lean_backward_passes_gradcheck(perturb) -> None:
+    torch.manual_seed(0)
+    net = perturb(ConvSubnet(2, 3, 2, hidden_channels=4).double(), std=1.0)
+    x = torch.randn(1, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(net.forward_split, (x, c))
+    fixed = c.detach()  # fixed features: the x-only input-gradient path
+    assert torch.autograd.gradcheck(lambda v: net.forward_split(v, fixed), (x,))
 
 
 def test_subnet_argument_errors() -> None:
