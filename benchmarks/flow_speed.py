@@ -76,9 +76,10 @@ def make_inputs(batch: int, device: torch.device, seed: int = 0) -> tuple[torch.
 
 # --------------------------------------------------------------------------------------------- the two flows
 class Ours:
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, recompute: bool = True) -> None:
+        subnet = conv_subnet_factory(2, HIDDEN, recompute_hidden=recompute)
         self.model = ConditionalGlow(
-            2, IN_CHANNELS, [COND_CHANNELS] * LEVELS, LEVELS, STEPS, HIDDEN, coupling="affine", clamp=2.0
+            2, IN_CHANNELS, [COND_CHANNELS] * LEVELS, LEVELS, STEPS, HIDDEN, coupling="affine", clamp=2.0, subnet=subnet
         ).to(device)
 
     def nll(self, y: torch.Tensor, conds: list[torch.Tensor]) -> torch.Tensor:
@@ -145,9 +146,11 @@ class FrEIAFlow:
         return self.inn(zs, c=conds, rev=True, jac=False)[0]
 
 
-def build(impl: str, device: torch.device, freia_block: str, channels_last: bool = False) -> Ours | FrEIAFlow:
+def build(
+    impl: str, device: torch.device, freia_block: str, channels_last: bool = False, recompute: bool = True
+) -> Ours | FrEIAFlow:
     torch.manual_seed(0)
-    flow = Ours(device) if impl == "ours" else FrEIAFlow(device, freia_block)
+    flow = Ours(device, recompute) if impl == "ours" else FrEIAFlow(device, freia_block)
     if channels_last:
         module(flow).to(memory_format=torch.channels_last)
     return flow
@@ -292,7 +295,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     resident model: the activations kept for backward, backward temporaries and the optimizer's temporaries.
     """
     device = torch.device(args.device)
-    flow = build(args.impl, device, args.freia_block, args.channels_last)
+    flow = build(args.impl, device, args.freia_block, args.channels_last, not args.no_recompute)
     y, conds = inputs_for(args, device)
     step = train_step_fn(flow, y, conds)
     step()
@@ -319,7 +322,7 @@ def profile(args: argparse.Namespace) -> None:
 
     device = torch.device(args.device)
     for impl in ("ours", "freia"):
-        flow = build(impl, device, args.freia_block, args.channels_last)
+        flow = build(impl, device, args.freia_block, args.channels_last, not args.no_recompute)
         y, conds = inputs_for(args, device)
         step = train_step_fn(flow, y, conds)
         step()
@@ -341,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--freia-block", choices=["allinone", "glow"], default="allinone")
     parser.add_argument("--channels-last", action="store_true", help="channels_last tensors and weights (both).")
     parser.add_argument("--cond-grad", action="store_true", help="features require grad (conditioner trained jointly).")
+    parser.add_argument(
+        "--no-recompute", action="store_true", help="ours: store the second hidden map (faster, more memory)."
+    )
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables and exit.")
     parser.add_argument("--impl", choices=["ours", "freia"], help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args(argv)
@@ -360,9 +366,13 @@ def main(argv: list[str] | None = None) -> None:
         f"workload: y ({args.batch}, {IN_CHANNELS}, {SIZE}, {SIZE}), conds {COND_CHANNELS} ch per level, L={LEVELS}, "
         f"K={STEPS}, hidden {HIDDEN}, affine; features {'trained (require grad)' if args.cond_grad else 'fixed'}; "
         f"{'channels_last' if args.channels_last else 'contiguous'}; device {device}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {args.repeats} repeats (interleaved); FrEIA block: {args.freia_block}"
+        f"{torch.get_num_threads()} threads, {args.repeats} repeats (interleaved); FrEIA block: {args.freia_block}; "
+        f"ours {'stores' if args.no_recompute else 'recomputes'} the second hidden map"
     )
-    flows = {impl: build(impl, device, args.freia_block, args.channels_last) for impl in ("ours", "freia")}
+    flows = {
+        impl: build(impl, device, args.freia_block, args.channels_last, not args.no_recompute)
+        for impl in ("ours", "freia")
+    }
     data = {impl: inputs_for(args, device) for impl in flows}
     info: dict[str, dict[str, float]] = {}
     steps = {}
@@ -386,6 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         cmd = [sys.executable, __file__, "--impl", impl, "--device", args.device, "--batch", str(args.batch)]
         cmd += ["--freia-block", args.freia_block] + (["--threads", str(args.threads)] if args.threads else [])
         cmd += (["--channels-last"] if args.channels_last else []) + (["--cond-grad"] if args.cond_grad else [])
+        cmd += ["--no-recompute"] if args.no_recompute else []
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
         info[impl]["peak"] = json.loads(out.strip().splitlines()[-1])["train_peak_bytes"]

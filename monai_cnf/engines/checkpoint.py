@@ -262,4 +262,4 @@ class ResumeCheckpointLoader(CheckpointLoader):
             super().__call__(engine)
         finally:
             self.load_path = original
-        self.logger.info(f"resumed from {path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
+        self.logger.info(f"loaded {path} (engine at epoch {engine.state.epoch}, iteration {engine.state.iteration})")

@@ -131,3 +131,27 @@ def test_factored_overlay(trained_run: Path, hr_folder: Path, tmp_path: Path) ->
     wf.finalize()
     metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
     assert np.isfinite(metrics["val_bpd"]) and metrics["val_psnr_y"] > 0
+
+
+def test_imagenet_overlay_reads_npz_batches(trained_run: Path, tmp_path: Path) -> None:
+    data = tmp_path / "imagenet16"
+    rng = np.random.default_rng(2)
+    for split, n in (("train", 6), ("val", 3)):
+        (data / split).mkdir(parents=True)
+        np.savez(
+            data / split / f"{split}_data.npz",
+            data=rng.integers(0, 256, (n, 3 * 16 * 16), dtype=np.uint8),
+            labels=np.arange(1, n + 1),
+        )
+    wf = _workflow(
+        _files("train.json", "cpu.json", "imagenet.json"),
+        tmp_path / "run",
+        dataset_dir=str(data),
+        max_epochs=1,
+        val_crop=[16, 16],
+    )
+    wf.run()
+    wf.finalize()
+    evaluator = wf.parser.get_parsed_content("validate#evaluator")
+    assert evaluator.state.iteration == 1  # 3 validation images in one batch
+    assert np.isfinite(evaluator.state.metrics["val_bpd"])

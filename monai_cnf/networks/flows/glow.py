@@ -114,6 +114,12 @@ class ConditionalGlow(nn.Module):
     ``decode(encode(y))`` reproduces ``y`` up to floating-point round-off, and ``sample`` is ``decode`` of
     ``temperature * N(0, I)`` noise.
 
+    Performance: ActNorm and the 1x1 conv of each step run as one fused conv; the default coupling subnet keeps
+    neither the ``[x, cond]`` concatenation nor its second hidden map for backward (about half the activation memory
+    of an ordinary implementation, see ``benchmarks/flow_speed.py``; pass
+    ``subnet=conv_subnet_factory(spatial_dims, hidden_channels, recompute_hidden=False)`` to trade that memory for a
+    few % of speed). 2D inputs in ``torch.channels_last`` format (model included) stay in it.
+
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
         in_channels: channels of the target ``y``.

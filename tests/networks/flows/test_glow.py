@@ -67,7 +67,7 @@ def test_log_prob_is_change_of_variables_onto_standard_normal_latents(sd, size, 
     conds = _conds(flow, 2, size)
     y = torch.randn(2, 1, *([size] * sd), dtype=torch.float64)
     log_p = flow.log_prob(y, conds)
-    for b in range(2):
+    for b in range(2 if sd == 2 else 1):  # 3D: 64 dims, one sample keeps the Jacobian cheap
         c_b = [c[b : b + 1] for c in conds]
 
         def f(v: torch.Tensor, c_b=c_b) -> torch.Tensor:
