@@ -126,12 +126,16 @@ def compose_config_files(bundle: Bundle, workflow: str, preset: str, model: str)
     """The bundle config files merged, in order, for a workflow.
 
     ``train``: ``train.json`` [+ ``cpu.json`` | ``paper.json``] [+ ``factored.json``];
-    ``evaluate``: the same + ``evaluate.json``; ``inference``: ``inference.json`` alone.
+    ``evaluate``: the same + ``evaluate.json``; ``inference``: ``inference.json`` (the network of the shipped
+    weights, the CPU preset's) [+ ``inference_paper.json`` for ``paper`` when the bundle has it].
     ``paper.json`` is optional (``train.json`` is the paper preset); ``cpu.json`` and ``factored.json`` must exist
     when asked for.
     """
     if workflow == "inference":
-        return [bundle.config("inference", "needed by cnf sample")]
+        files = [bundle.config("inference", "needed by cnf sample")]
+        if preset == "paper" and "inference_paper" in bundle.configs:
+            files.append(bundle.configs["inference_paper"])
+        return files
     files = [bundle.config("train", "the training config")]
     if preset == "cpu":
         files.append(bundle.config("cpu", "the CPU preset overlay, --preset cpu"))

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai_cnf.cli._bundle import Bundle, load_bundle, make_workflow, parse_overrides, resolve_device
+from monai_cnf.cli._bundle import (
+    Bundle,
+    compose_config_files,
+    load_bundle,
+    make_workflow,
+    parse_overrides,
+    resolve_device,
+)
 from monai_cnf.cli._errors import CLIError
 
 __all__ = ["SampleResult", "output_names", "run_sampling", "to_png_array", "write_outputs"]
@@ -170,8 +177,13 @@ def run_sampling(
     device: str | None = None,
     overrides: Sequence[str] = (),
     overwrite: bool = False,
+    preset: str | None = None,
 ) -> SampleResult:
-    """Draw ``num_samples`` samples for ``input_path`` and write them, their mean and std (PNG + NIfTI)."""
+    """Draw ``num_samples`` samples for ``input_path`` and write them, their mean and std (PNG + NIfTI).
+
+    ``preset`` picks the inference overlays (``paper``: + ``inference_paper.json``; ``cpu``: ``inference.json``
+    alone); None (default) takes the one whose network has the checkpoint's parameter shapes.
+    """
     import torch
     from monai_cnf.cli._run import check_checkpoint, find_checkpoint
 
@@ -194,7 +206,11 @@ def run_sampling(
     checkpoint = Path(checkpoint or bundle.root / "models" / "model.pt").absolute()
     check_checkpoint(checkpoint)
     device = resolve_device(device)
-    files = [bundle.config("inference", "needed by cnf sample")]
+    state = _state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    if preset is None:
+        from_run = run_dir is not None and (Path(run_dir) / "config.json").is_file()
+        preset = "cpu" if from_run else _matching_preset(bundle, state)
+    files = compose_config_files(bundle, "inference", preset, "cnf")
     ovr: dict[str, Any] = {"bundle_root": str(bundle.root), "device": device, "checkpoint": str(checkpoint)}
     ovr.update({"num_samples": num_samples, "temperature": temperature})
     ovr.update(parse_overrides(overrides))
@@ -218,10 +234,12 @@ def run_sampling(
         raise _channel_error(input_path, int(x.shape[0]), bundle)
 
     # 2. the network (as trained: the run folder's resolved config, else inference.json) and its weights
-    network, source = _network(parser, Path(run_dir) if run_dir is not None else None), files[0].name
+    network, source = (
+        _network(parser, Path(run_dir) if run_dir is not None else None),
+        " + ".join(f.name for f in files),
+    )
     if run_dir is not None and (Path(run_dir) / "config.json").is_file():
         source = str(Path(run_dir) / "config.json")
-    state = _state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     try:
         network.load_state_dict(state)
     except RuntimeError as err:
@@ -265,6 +283,26 @@ def run_sampling(
         }
     )
     return result
+
+
+def _matching_preset(bundle: Bundle, state: Mapping[str, Any]) -> str:
+    """``cpu`` (``inference.json`` alone, the shipped weights' network) or ``paper`` (+ ``inference_paper.json``):
+    the first whose ``network_def`` has the parameter shapes of ``state``; ``cpu`` when neither does (the load
+    then reports the mismatch)."""
+    shapes = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    for preset in ("cpu", "paper"):
+        files = compose_config_files(bundle, "inference", preset, "cnf")
+        if preset == "paper" and len(files) == 1:
+            break
+        try:
+            workflow = make_workflow(bundle, files, {"bundle_root": str(bundle.root), "device": "cpu"})
+            net = workflow.parser.get_parsed_content("network_def")
+        except Exception as err:  # a config that does not build is reported by the real load below
+            logger.debug("network of %s does not build: %s", [f.name for f in files], err)
+            continue
+        if {k: tuple(v.shape) for k, v in net.state_dict().items()} == shapes:
+            return preset
+    return "cpu"
 
 
 def _network(parser: Any, run_dir: Path | None) -> Any:

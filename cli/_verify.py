@@ -126,7 +126,10 @@ def verify_bundle(bundle: Bundle) -> list[Check]:
         if "evaluate" in bundle.configs:
             combos.append(("train.json + evaluate.json", compose_config_files(bundle, "evaluate", "paper", "cnf")))
     if "inference" in bundle.configs:
-        combos.append(("inference.json", compose_config_files(bundle, "inference", "paper", "cnf")))
+        combos.append(("inference.json", compose_config_files(bundle, "inference", "cpu", "cnf")))
+        if "inference_paper" in bundle.configs:
+            paper = compose_config_files(bundle, "inference", "paper", "cnf")
+            combos.append(("inference.json + inference_paper.json", paper))
     if not combos:
         rows.append(Check("configs present", False, "no train.json or inference.json"))
 

@@ -17,7 +17,8 @@ Offline by default: ``sam2=false`` and ``zoo_source=github`` (bundles are read f
 is downloaded). Conf keys (``--conf KEY VALUE``): ``models`` (bundle folder names under ``model/``),
 ``cnf_method`` (entropy|variance), ``cnf_num_samples`` (8), ``cnf_temperature`` (1.0), ``cnf_fov_threshold`` (0.1,
 ``none`` to score every pixel), ``cnf_overlays`` (``auto``: the preset whose network matches
-``models/model.pt``, else ``cpu.json`` without CUDA; or a comma list of files in ``configs/``; ``none``),
+``models/model.pt`` (``cpu.json`` or ``inference_paper.json``), else the device's; or a comma list of files in
+``configs/``; ``none``),
 ``skip_scoring`` (false). See docs/monailabel.md.
 """
 
@@ -216,7 +217,8 @@ class CNFBundleTrainTask(BundleTrainTask):
         overrides["ckpt_dir"] = os.path.join(run_dir, "models")
         overrides["progress"] = False
         overrides["num_workers"] = 0
-        # datastore items carry no FOV mask: let the validation loaders skip it (the F-score then uses all pixels)
+        # datastore items carry no FOV mask: let the validation loaders skip it (the F-score then uses all pixels);
+        # the bundle's train.json does this itself since 0.2.0, kept here for older bundle copies
         overrides["validate#preprocessing#transforms"] = (
             "$monai_cnf.data.drive_load_transforms(['image', 'label', 'mask'], allow_missing_keys=True)"
             " + [@pad_transform, monai.transforms.EnsureTyped(keys=['image', 'label', 'mask'], track_meta=False,"
@@ -263,9 +265,9 @@ class CNFApp(_stock.MyApp, MONAILabelApp):  # MONAILabelApp listed so MONAI Labe
     def overlays(self, bundle_path: str) -> list[str]:
         """The preset overlays from ``--conf cnf_overlays``.
 
-        ``auto`` (default): the preset whose network matches ``models/model.pt`` (none = the paper's
-        ``inference.json``, or ``cpu.json``; the device's own preset when both do); without weights, ``cpu.json``
-        when CUDA is unavailable.
+        ``auto`` (default): the preset whose network matches ``models/model.pt`` (``cpu.json``, the shipped
+        weights' preset, or ``inference_paper.json``, the paper's); without weights, the device's own preset
+        (``inference_paper.json`` with CUDA, else ``cpu.json``).
         """
         setting = str(self.conf.get("cnf_overlays", "auto"))
         if setting.lower() == "none":
@@ -274,7 +276,10 @@ class CNFApp(_stock.MyApp, MONAILabelApp):  # MONAILabelApp listed so MONAI Labe
             return [o.strip() for o in setting.split(",") if o.strip()]
         cached = self._overlays.get(bundle_path)
         if cached is None:
-            preferred: list[tuple[str, ...]] = [(), ("cpu.json",)] if torch.cuda.is_available() else [("cpu.json",), ()]
+            # cpu.json / inference_paper.json resize inference.json AND train.json alike (inference.json alone is the
+            # CPU preset's network, train.json alone the paper's), so the match holds for inference and training
+            cpu, paper = ("cpu.json",), ("inference_paper.json",)
+            preferred: list[tuple[str, ...]] = [paper, cpu, ()] if torch.cuda.is_available() else [cpu, paper, ()]
             found = matching_overlays(bundle_path, candidates=preferred)  # the device's preset first when both fit
             cached = found if found is not None else list(preferred[0])
             logger.info("bundle %s: preset overlays %s", bundle_path, cached)

@@ -5,6 +5,9 @@ final path), so a run killed while saving leaves a truncated ``.pt`` behind. :cl
 MONAI's naming, retention and key-metric logic and only swaps the writer: each file is serialised into a temporary
 file in the same folder, flushed and ``fsync``-ed, then moved over the final name with :func:`os.replace` (atomic
 on POSIX and Windows), so a checkpoint on disk is always either the old complete file or the new complete one.
+With ``save_key_metric`` it also records the best key-metric score in ``key_metric.json`` next to the best model and,
+with ``restore_best=True`` (resumed runs), reads it back, so the first validation after a resume does not overwrite
+the best model with a worse one (MONAI's saver starts with an empty ranking in every process).
 
 :class:`ResumeCheckpointLoader` is a :class:`~monai.handlers.CheckpointLoader` that finds the newest checkpoint in
 a folder (``checkpoint_epoch=N.pt``, the highest ``N`` wins), and turns a truncated or corrupt file into one clear
@@ -13,6 +16,7 @@ a folder (``checkpoint_epoch=N.pt``, the highest ``N`` wins), and turns a trunca
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -30,6 +34,7 @@ from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
 __all__ = [
+    "BEST_METRIC_FILENAME",
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
     "CorruptCheckpointError",
@@ -39,6 +44,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: File (in ``save_dir``) where :class:`AtomicCheckpointSaver` records the best key-metric score.
+BEST_METRIC_FILENAME = "key_metric.json"
 
 _EPOCH_RE = re.compile(r"epoch=(\d+)\.pt$")
 _ITER_RE = re.compile(r"iteration=(\d+)\.pt$")
@@ -169,13 +177,33 @@ class AtomicCheckpointSaver(CheckpointSaver):
     ``{file_prefix}_checkpoint_epoch=N.pt`` (``checkpoint_epoch=N.pt`` without prefix) and are what
     :func:`latest_checkpoint` / :class:`ResumeCheckpointLoader` pick up.
 
+    With ``save_key_metric``, every change of the best score is recorded in ``save_dir/key_metric.json``
+    (``{"key_metric_name", "best_metric", "best_metric_epoch", "saved": [[priority, filename], ...]}``, priority =
+    the score, negated with ``key_metric_negative_sign``). With ``restore_best=True`` that ranking is loaded at
+    construction (when the model file it names still exists) and the attached engine's ``state.best_metric`` /
+    ``best_metric_epoch`` are set from it, so a resumed run only replaces the best model with a better one.
+
+    Args:
+        save_dir: folder of the checkpoints (created).
+        save_dict: objects to save, e.g. ``{"network": net}``.
+        restore_best: read ``best_metric_filename`` back (set it to the run's ``resume`` flag). Defaults to False.
+        best_metric_filename: the best-score record in ``save_dir``. Defaults to "key_metric.json".
+        kwargs: MONAI ``CheckpointSaver`` arguments.
+
     Example:
         >>> import tempfile, torch
         >>> net = torch.nn.Linear(2, 2)
         >>> saver = AtomicCheckpointSaver(tempfile.mkdtemp(), {"network": net}, save_interval=1)
     """
 
-    def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: dict,
+        restore_best: bool = False,
+        best_metric_filename: str = BEST_METRIC_FILENAME,
+        **kwargs: Any,
+    ) -> None:
         os.makedirs(save_dir, exist_ok=True)
         super().__init__(save_dir=save_dir, save_dict=save_dict, **kwargs)
         for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
@@ -183,6 +211,78 @@ class AtomicCheckpointSaver(CheckpointSaver):
                 fixed = getattr(ckpt.save_handler, "filename", None)
                 ckpt.save_handler = AtomicDiskSaver(self.save_dir, filename=fixed)
         self._adopt_existing_interval_files()
+        self._sign = -1.0 if kwargs.get("key_metric_negative_sign", False) else 1.0
+        self.best_metric_path: Path | None = None
+        self.restored_best: dict[str, Any] | None = None
+        self._written_best: list | None = None
+        if self._key_metric_checkpoint is not None:
+            self.best_metric_path = Path(self.save_dir) / best_metric_filename
+            if restore_best:
+                self._restore_best()
+
+    def _key_metric_file(self, filename: str) -> Path:
+        fixed = getattr(self._key_metric_checkpoint.save_handler, "filename", None)  # type: ignore[union-attr]
+        return Path(self.save_dir) / (fixed or filename)
+
+    def _restore_best(self) -> None:
+        """Seed the key-metric ranking from ``key_metric.json`` when the file and the model it names exist."""
+        path = self.best_metric_path
+        if path is None or not path.is_file():
+            self.logger.info(f"no {path} to restore the best key metric from; the first validation sets it.")
+            return
+        try:
+            info = json.loads(path.read_text())
+            saved = [(float(priority), str(name)) for priority, name in info["saved"]]
+        except (ValueError, KeyError, TypeError) as err:
+            self.logger.warning(f"ignoring unreadable best-metric file {path} ({err}).")
+            return
+        saved = [item for item in saved if self._key_metric_file(item[1]).is_file()]
+        if not saved:
+            self.logger.warning(f"{path} names no existing best model; the first validation sets it.")
+            return
+        self._key_metric_checkpoint.load_state_dict({"_saved": saved})  # type: ignore[union-attr]
+        self._written_best = [list(item) for item in saved]
+        self.restored_best = info
+        self.logger.info(
+            f"restored best {info.get('key_metric_name', 'key metric')} = {info.get('best_metric')} "
+            f"(epoch {info.get('best_metric_epoch')}) from {path}"
+        )
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        best = self.restored_best
+        if best is not None and hasattr(engine.state, "best_metric") and best.get("best_metric") is not None:
+            engine.state.best_metric = best["best_metric"]  # MONAI's workflow compares later epochs against it
+            engine.state.best_metric_epoch = int(best.get("best_metric_epoch", -1))
+
+    def metrics_completed(self, engine: Engine) -> None:
+        super().metrics_completed(engine)
+        self._write_best(engine)
+
+    def _write_best(self, engine: Engine) -> None:
+        """Write ``key_metric.json`` (atomically) when the key-metric ranking changed."""
+        ckpt = self._key_metric_checkpoint
+        if ckpt is None or self.best_metric_path is None or not ckpt._saved:
+            return
+        saved = [[float(item.priority), str(item.filename)] for item in ckpt._saved]
+        if saved == self._written_best:
+            return
+        info = {
+            "key_metric_name": getattr(engine.state, "key_metric_name", None),
+            "best_metric": self._sign * saved[-1][0],
+            "best_metric_epoch": int(engine.state.epoch),
+            "saved": saved,
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.best_metric_path.name}.", suffix=".tmp", dir=self.save_dir)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(info, f, indent=2)
+            os.replace(tmp, self.best_metric_path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        self._written_best = saved
 
     def _adopt_existing_interval_files(self) -> None:
         """On resume, count the interval checkpoints already in ``save_dir`` so ``n_saved`` retention continues."""

@@ -57,18 +57,19 @@ def read_config_with_overlays(config_file: str | os.PathLike, overlays: Sequence
 
 def matching_overlays(
     bundle_root: str | os.PathLike,
-    candidates: Sequence[Sequence[str]] = ((), ("cpu.json",)),
+    candidates: Sequence[Sequence[str]] = ((), ("cpu.json",), ("inference_paper.json",)),
     checkpoint: str | os.PathLike | None = None,
     config_file: str = "inference.json",
 ) -> list[str] | None:
     """The first overlay set (files in ``configs/``) whose ``network_def`` has the checkpoint's parameter shapes.
 
-    The DRIVE bundle's presets build networks of different sizes (``inference.json``: the paper's, ``cpu.json``:
-    smaller), so the weights in ``models/model.pt`` tell which preset must be merged for inference and fine-tuning.
+    The bundles' presets build networks of different sizes (``inference.json`` alone or with ``cpu.json``: the CPU
+    preset's, the shipped weights'; with ``inference_paper.json``: the paper's), so the weights in
+    ``models/model.pt`` tell which preset must be merged for inference and fine-tuning.
 
     Args:
         bundle_root: the bundle folder.
-        candidates: overlay sets to try, in order. Defaults to ``((), ("cpu.json",))``.
+        candidates: overlay sets to try, in order. Defaults to ``((), ("cpu.json",), ("inference_paper.json",))``.
         checkpoint: the weights; None uses ``<bundle_root>/models/model.pt``. Defaults to None.
         config_file: the base config in ``configs/``. Defaults to "inference.json".
 
@@ -76,7 +77,7 @@ def matching_overlays(
         the matching overlay list, or None when there are no weights or none matches.
 
     Example:
-        >>> matching_overlays("bundles/drive_vessel")  # doctest: +SKIP
+        >>> matching_overlays("bundles/drive_vessel", [("cpu.json",), ("inference_paper.json",)])  # doctest: +SKIP
         ['cpu.json']
     """
     root = Path(bundle_root)

@@ -124,6 +124,14 @@ def test_resume_continues_epoch_count(trained_run: Path, tmp_path: Path) -> None
     assert trainer.state.epoch == 3 and trainer.state.iteration == 9
     assert (run / "checkpoints" / "checkpoint_epoch=3.pt").is_file()
     assert not (run / "checkpoints" / "checkpoint_epoch=1.pt").exists()  # n_saved=2 holds across the resume
+    # the best validation score of epochs 1-2 was restored: epoch 3 replaces models/model.pt only if better
+    best = json.loads((trained_run / "models" / "key_metric.json").read_text())
+    saver = next(h for h in wf.parser.get_parsed_content("validate#handlers") if hasattr(h, "restored_best"))
+    assert saver.restored_best == best and best["best_metric_epoch"] in (1, 2)
+    evaluator = wf.parser.get_parsed_content("validate#evaluator")
+    after = json.loads((run / "models" / "key_metric.json").read_text())
+    assert after["best_metric"] == pytest.approx(max(best["best_metric"], evaluator.state.metrics["val_max_f"]))
+    assert evaluator.state.best_metric == pytest.approx(after["best_metric"])
 
 
 def test_evaluate_reports_metrics(trained_run: Path) -> None:
@@ -151,6 +159,31 @@ def test_inference_returns_label_in_original_geometry(trained_run: Path, tmp_pat
     seg = np.asarray(Image.open(outs[0]))
     assert seg.shape == SIZE  # padding to 68x64 undone
     assert set(np.unique(seg)) <= {0, 255}
+    # what MONAI Label's PNG writer receives: the last image's label as 2D uint8 {0, 1} in PIL's (x, y) order
+    pred = np.asarray(wf.parser.get_parsed_content("evaluator").state.output[0]["pred"])
+    assert pred.dtype == np.uint8 and pred.shape == SIZE[::-1]
+    np.testing.assert_array_equal(pred, np.asarray(Image.open(outs[-1])).T // 255)
+
+
+def test_inference_json_builds_the_shipped_cpu_preset_network() -> None:
+    """inference.json alone (what MONAI Label's stock app reads) = the CPU preset's network (the shipped weights);
+    inference_paper.json = train.json's paper network; inference_cpu.json changes no network size."""
+    from monai.bundle import ConfigParser
+
+    def net_shapes(files: list[str]) -> dict:
+        parser = ConfigParser()
+        parser.read_config(files)
+        parser["bundle_root"] = str(BUNDLE)
+        return {k: tuple(v.shape) for k, v in parser.get_parsed_content("network_def").state_dict().items()}
+
+    cpu = net_shapes(_files("train.json", "cpu.json"))
+    paper = net_shapes(_files("train.json"))
+    assert cpu != paper
+    assert net_shapes(_files("inference.json")) == cpu
+    assert net_shapes(_files("inference.json", "inference_cpu.json")) == cpu
+    assert net_shapes(_files("inference.json", "inference_paper.json")) == paper
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["weights_preset"] == "cpu" and "optional_packages_version" not in meta
 
 
 def test_factored_overlay_trains_the_baseline(trained_run: Path, tmp_path: Path) -> None:
@@ -185,6 +218,7 @@ def test_monai_label_style_overrides(trained_run: Path, tmp_path: Path) -> None:
     }
     over = {
         "train#dataset#data": items,
+        "validate#datalist": items[:1],  # MONAI Label's val_split items: no FOV "mask", no override needed
         "train#trainer#max_epochs": 1,
         "train#handlers": [loader, *handlers],
         "dataset_dir": str(trained_run / "synthetic_drive"),
@@ -194,3 +228,4 @@ def test_monai_label_style_overrides(trained_run: Path, tmp_path: Path) -> None:
     wf.finalize()
     trainer = wf.parser.get_parsed_content("train#trainer")
     assert trainer.state.epoch == 1 and trainer.state.iteration == 3
+    assert 0.0 < wf.parser.get_parsed_content("validate#evaluator").state.metrics["val_max_f"] <= 1.0

@@ -155,3 +155,24 @@ def test_imagenet_overlay_reads_npz_batches(trained_run: Path, tmp_path: Path) -
     evaluator = wf.parser.get_parsed_content("validate#evaluator")
     assert evaluator.state.iteration == 1  # 3 validation images in one batch
     assert np.isfinite(evaluator.state.metrics["val_bpd"])
+
+
+def test_inference_json_builds_the_shipped_cpu_preset_network() -> None:
+    """inference.json alone (what MONAI Label reads) = the CPU preset's network (the shipped weights);
+    inference_paper.json = train.json's paper network; inference_cpu.json changes no network size."""
+    from monai.bundle import ConfigParser
+
+    def net_shapes(files: list[str]) -> dict:
+        parser = ConfigParser()
+        parser.read_config(files)
+        parser["bundle_root"] = str(BUNDLE)
+        return {k: tuple(v.shape) for k, v in parser.get_parsed_content("network_def").state_dict().items()}
+
+    cpu = net_shapes(_files("train.json", "cpu.json"))
+    paper = net_shapes(_files("train.json"))
+    assert cpu != paper
+    assert net_shapes(_files("inference.json")) == cpu
+    assert net_shapes(_files("inference.json", "inference_cpu.json")) == cpu
+    assert net_shapes(_files("inference.json", "inference_paper.json")) == paper
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["weights_preset"] == "cpu" and "optional_packages_version" not in meta

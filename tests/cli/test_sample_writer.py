@@ -42,3 +42,24 @@ def test_rgb_8bit_maps(tmp_path: Path) -> None:
 def test_png_scaling_clips() -> None:
     arr = np.array([[[-1.0, 0.0, 0.5, 1.0, 2.0]]])
     np.testing.assert_array_equal(to_png_array(arr, 0.0, 1.0, transpose=False), [[0, 0, 128, 255, 255]])
+
+
+def test_inference_preset_overlays(tiny_bundle: Path) -> None:
+    """``--preset paper`` adds inference_paper.json; ``cnf sample`` picks the preset whose network fits the weights."""
+    import json
+
+    import torch
+    from monai_cnf.cli._bundle import compose_config_files, load_bundle
+    from monai_cnf.cli._sample import _matching_preset
+
+    bundle = load_bundle(tiny_bundle)
+    assert [p.name for p in compose_config_files(bundle, "inference", "paper", "cnf")] == ["inference.json"]
+    assert _matching_preset(bundle, torch.nn.Conv2d(3, 1, 3).state_dict()) == "cpu"  # no paper overlay: cpu
+
+    (tiny_bundle / "configs" / "inference_paper.json").write_text(json.dumps({"network_def#kernel_size": 3}))
+    bundle = load_bundle(tiny_bundle)
+    names = [p.name for p in compose_config_files(bundle, "inference", "paper", "cnf")]
+    assert names == ["inference.json", "inference_paper.json"]
+    assert [p.name for p in compose_config_files(bundle, "inference", "cpu", "cnf")] == ["inference.json"]
+    assert _matching_preset(bundle, torch.nn.Conv2d(3, 1, 1).state_dict()) == "cpu"
+    assert _matching_preset(bundle, torch.nn.Conv2d(3, 1, 3).state_dict()) == "paper"

@@ -137,3 +137,65 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path: Path,
         "checkpoint_epoch=3.pt",
         "checkpoint_epoch=4.pt",
     ]
+
+
+def _score_run(save_dir: Path, scores: list[float], restore_best: bool) -> tuple[AtomicCheckpointSaver, Engine]:
+    """Epoch e sets the network weight to ``10 * scores[e - 1]`` and reports ``acc = scores[e - 1]``."""
+    from ignite.engine import Events
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    engine = Engine(lambda e, b: None)
+    engine.state.best_metric, engine.state.best_metric_epoch = -1, -1  # as a MONAI workflow's state
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _report(e: Engine) -> None:
+        score = scores[e.state.epoch - 1]
+        with torch.no_grad():
+            net.weight.fill_(10 * score)
+        e.state.metrics["acc"] = score
+
+    saver = AtomicCheckpointSaver(
+        str(save_dir),
+        {"network": net},
+        restore_best=restore_best,
+        save_key_metric=True,
+        key_metric_name="acc",
+        key_metric_filename="model.pt",
+    )
+    saver.attach(engine)
+    engine.run([0], max_epochs=len(scores))
+    return saver, engine
+
+
+def _best_weight(save_dir: Path) -> float:
+    return float(torch.load(save_dir / "model.pt", weights_only=True)["weight"].item())
+
+
+def test_best_metric_survives_resume(tmp_path: Path) -> None:
+    import json
+
+    _score_run(tmp_path, [0.5, 0.8, 0.6], restore_best=False)
+    assert _best_weight(tmp_path) == pytest.approx(8.0)  # epoch 2 was best
+    info = json.loads((tmp_path / "key_metric.json").read_text())
+    assert info["best_metric"] == pytest.approx(0.8) and info["best_metric_epoch"] == 2
+
+    # resumed: a worse first validation (0.7 < 0.8) must not replace the best model; the engine knows the best
+    saver, engine = _score_run(tmp_path, [0.7], restore_best=True)
+    assert saver.restored_best is not None
+    assert _best_weight(tmp_path) == pytest.approx(8.0)
+    assert engine.state.best_metric == pytest.approx(0.8) and engine.state.best_metric_epoch == 2
+
+    # a better one does, and the record follows
+    _score_run(tmp_path, [0.9], restore_best=True)
+    assert _best_weight(tmp_path) == pytest.approx(9.0)
+    assert json.loads((tmp_path / "key_metric.json").read_text())["best_metric"] == pytest.approx(0.9)
+
+
+def test_best_metric_not_restored_without_resume_or_model(tmp_path: Path) -> None:
+    _score_run(tmp_path, [0.8], restore_best=False)
+    _score_run(tmp_path, [0.3], restore_best=False)  # a fresh (non-resumed) run starts its own ranking
+    assert _best_weight(tmp_path) == pytest.approx(3.0)
+    (tmp_path / "model.pt").unlink()  # the record names a model that is gone: ignored
+    saver, _ = _score_run(tmp_path, [0.1], restore_best=True)
+    assert saver.restored_best is None
+    assert _best_weight(tmp_path) == pytest.approx(1.0)

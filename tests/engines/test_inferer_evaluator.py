@@ -123,6 +123,23 @@ def test_max_f_score_metric_matches_sklearn_inside_mask() -> None:
     assert metric.compute() == pytest.approx(float(f), abs=1e-9)
 
 
+def test_max_f_score_metric_without_mask_uses_every_pixel() -> None:
+    """Items without ``"mask"`` (MONAI Label's datastore) are scored over the whole image."""
+    from sklearn.metrics import precision_recall_curve
+
+    from monai_cnf.engines import MaxFScoreMetric
+
+    g = torch.Generator().manual_seed(1)
+    label = (torch.rand(2, 1, 8, 8, generator=g) > 0.7).float()
+    pred = (0.5 * label + 0.8 * torch.rand(2, 1, 8, 8, generator=g)).clamp(0, 1)
+    metric = MaxFScoreMetric()
+    metric.reset()
+    metric.update(metric._output_transform([{"pred": p, "label": y} for p, y in zip(pred, label, strict=True)]))
+    prec, rec, _ = precision_recall_curve(label.flatten().numpy(), pred.flatten().numpy())
+    f = (2 * prec * rec / np.maximum(prec + rec, 1e-12)).max()
+    assert metric.compute() == pytest.approx(float(f), abs=1e-9)
+
+
 def test_rich_progress_shows_loss() -> None:
     import io
 

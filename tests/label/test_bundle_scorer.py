@@ -57,7 +57,11 @@ def test_matching_overlays_tells_the_preset(bundle):
     assert matching_overlays(bundle) == ["cpu.json"]
     torch.save({"network": _network(bundle, []).state_dict()}, bundle / "models" / "model.pt")
     assert matching_overlays(bundle) == []
+    _patch(bundle / "configs" / "inference_paper.json", {"num_steps": 3, "hidden_channels": 8})
+    torch.save(_network(bundle, ["inference_paper.json"]).state_dict(), bundle / "models" / "model.pt")
+    assert matching_overlays(bundle) == ["inference_paper.json"]  # paper-preset weights
     _patch(bundle / "configs" / "inference.json", {"hidden_channels": 4})
+    _patch(bundle / "configs" / "inference_paper.json", {"hidden_channels": 4})
     assert matching_overlays(bundle) is None  # neither preset builds these weights
 
 
