@@ -15,7 +15,7 @@ import typer
 from monai_cnf.cli._errors import STATE, handle_errors, setup_logging
 from monai_cnf.cli.calibrate import calibrate
 
-__all__ = ["app", "bundle_app"]
+__all__ = ["app", "bundle_app", "label_app"]
 
 app = typer.Typer(
     name="cnf",
@@ -283,6 +283,40 @@ def bundle_verify(bundle: BundleArg) -> None:
     if failed:
         typer.secho(f"Error: {len(failed)} check(s) failed: {', '.join(failed)}.", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+
+
+label_app = typer.Typer(
+    help="MONAI Label with our bundles.", no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]}
+)
+app.add_typer(label_app, name="label", rich_help_panel="Bundles")
+
+
+@label_app.command("serve")
+@handle_errors
+def label_serve(
+    bundle: BundleArg,
+    studies: Annotated[Path, typer.Option(help="Studies (datastore) folder of images; created if missing.")],
+    port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1.")] = 8000,
+    app_dir: Annotated[
+        Path | None, typer.Option("--app", help="MONAI Label app folder. Default: apps/monailabel_cnf.")
+    ] = None,
+    conf: Annotated[
+        list[str] | None, typer.Option(help="Extra app setting KEY=VALUE (repeatable), e.g. cnf_num_samples=16.")
+    ] = None,
+    print_command: Annotated[bool, typer.Option(help="Print the command instead of starting the server.")] = False,
+) -> None:
+    """Start MONAI Label on 127.0.0.1 serving BUNDLE, offline (no model-zoo lookups, no SAM2 download)."""
+    import shlex
+    import subprocess
+
+    from monai_cnf.cli._bundle import load_bundle
+    from monai_cnf.cli._label import serve_command
+
+    cmd, env, served = serve_command(load_bundle(bundle).root, studies, app_dir, port, conf or [])
+    typer.echo(f"serving the bundle copy {served} (MONAI Label's training writes its weights there)", err=True)
+    typer.echo(shlex.join(cmd) if print_command else f"MONAI Label on http://127.0.0.1:{port} (Ctrl-C to stop)")
+    if not print_command:
+        raise typer.Exit(subprocess.call(cmd, env=env))
 
 
 # `cnf calibrate` lives in its own module (another engineer's); its top-level imports are as light as this one's.
