@@ -20,6 +20,7 @@ def original_spatial_size(image: Any) -> list[int]:
     """Spatial size of ``image`` before its traced (invertible) transforms, e.g. padding; else its current size.
 
     Example:
+        >>> import torch
         >>> original_spatial_size(torch.zeros(3, 5, 7))
         [5, 7]
     """
@@ -43,6 +44,7 @@ class CropToScaledInputd(MapTransform):
         allow_missing_keys: don't raise for missing keys. Defaults to False.
 
     Example:
+        >>> import torch
         >>> out = CropToScaledInputd("pred", scale=2)({"pred": torch.zeros(3, 8, 8), "image": torch.zeros(3, 3, 4)})
         >>> tuple(out["pred"].shape)
         (3, 6, 8)

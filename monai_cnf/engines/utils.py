@@ -36,8 +36,14 @@ def drive_data_root(
         seed: synthetic seed. Defaults to 0.
 
     Example:
-        >>> drive_data_root("/data/DRIVE", "/tmp/run")
-        '/data/DRIVE'
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp()  # stands for a DRIVE folder
+        >>> drive_data_root(root, "/tmp/run") == root
+        True
+        >>> drive_data_root("/no/such/DRIVE", "/tmp/run")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: dataset_dir '/no/such/DRIVE' does not exist; ...
     """
     if dataset_dir not in (None, "", "None", "null"):
         path = Path(dataset_dir).expanduser()  # type: ignore[arg-type]

@@ -64,7 +64,8 @@ def find_monailabel(venv: str | os.PathLike | None = None) -> Path | None:
         the executable's path, or None when MONAI Label is not installed anywhere we look.
 
     Example:
-        >>> find_monailabel("/nonexistent") is None or True
+        >>> exe = find_monailabel("/nonexistent")  # falls back to $MONAILABEL_VENV, .venv-label, then the PATH
+        >>> exe is None or (exe.name == "monailabel" and exe == find_monailabel())
         True
     """
     candidates = [venv, os.environ.get("MONAILABEL_VENV"), default_app_dir().parents[1] / ".venv-label"]

@@ -113,16 +113,13 @@ def _ssim(pred: torch.Tensor, target: torch.Tensor, win_size: int = 11, sigma: f
     return ssim_map.flatten(1).mean(1)
 
 
-def psnr_y(
-    pred: torch.Tensor, target: torch.Tensor, crop_border: int = 0, *, border: int | None = None
-) -> torch.Tensor:
+def psnr_y(pred: torch.Tensor, target: torch.Tensor, crop_border: int = 0) -> torch.Tensor:
     """PSNR (dB) on the Y channel with ``crop_border`` pixels removed at every border, per image.
 
     Args:
         pred: predicted RGB image, grey levels in [0, 255], ``(B, 3, *spatial)``.
         target: reference RGB image, same shape.
         crop_border: pixels cropped from each border (the SR scale, e.g. 2). Defaults to 0.
-        border: keyword alias of ``crop_border`` (takes precedence when given). Defaults to None.
 
     Returns:
         PSNR per image, shape ``(B,)`` (float64; ``inf`` for identical images).
@@ -133,37 +130,31 @@ def psnr_y(
         19.384
     """
     pred, target = _check_pair(pred, target, 0)
-    return psnr_rgb(rgb_to_y(pred), rgb_to_y(target), crop_border if border is None else border)
+    return psnr_rgb(rgb_to_y(pred), rgb_to_y(target), crop_border)
 
 
-def psnr_rgb(
-    pred: torch.Tensor, target: torch.Tensor, crop_border: int = 0, *, border: int | None = None
-) -> torch.Tensor:
+def psnr_rgb(pred: torch.Tensor, target: torch.Tensor, crop_border: int = 0) -> torch.Tensor:
     """PSNR (dB) over all channels (MSE pooled over channels and pixels), per image, after the border crop.
 
     Args:
         pred: predicted image in [0, 255], ``(B, C, *spatial)``.
         target: reference image, same shape.
         crop_border: pixels cropped from each border. Defaults to 0.
-        border: keyword alias of ``crop_border`` (takes precedence when given). Defaults to None.
 
     Returns:
         PSNR per image ``(B,)``.
     """
-    pred, target = _check_pair(pred, target, crop_border if border is None else border)
+    pred, target = _check_pair(pred, target, crop_border)
     return _psnr(pred, target)
 
 
-def ssim_y(
-    pred: torch.Tensor, target: torch.Tensor, crop_border: int = 0, *, border: int | None = None
-) -> torch.Tensor:
+def ssim_y(pred: torch.Tensor, target: torch.Tensor, crop_border: int = 0) -> torch.Tensor:
     """SSIM on the Y channel (MATLAB ``rgb2ycbcr``) with ``crop_border`` pixels removed, per image.
 
     Args:
         pred: predicted RGB image, grey levels in [0, 255], ``(B, 3, *spatial)``.
         target: reference RGB image, same shape.
         crop_border: pixels cropped from each border (the SR scale). Defaults to 0.
-        border: keyword alias of ``crop_border`` (takes precedence when given). Defaults to None.
 
     Returns:
         SSIM per image ``(B,)`` in [-1, 1].
@@ -174,22 +165,19 @@ def ssim_y(
         1.0
     """
     pred, target = _check_pair(pred, target, 0)
-    return ssim_rgb(rgb_to_y(pred), rgb_to_y(target), crop_border if border is None else border)
+    return ssim_rgb(rgb_to_y(pred), rgb_to_y(target), crop_border)
 
 
-def ssim_rgb(
-    pred: torch.Tensor, target: torch.Tensor, crop_border: int = 0, *, border: int | None = None
-) -> torch.Tensor:
+def ssim_rgb(pred: torch.Tensor, target: torch.Tensor, crop_border: int = 0) -> torch.Tensor:
     """SSIM averaged over channels (each channel scored separately, then the mean), per image.
 
     Args:
         pred: predicted image in [0, 255], ``(B, C, *spatial)``.
         target: reference image, same shape.
         crop_border: pixels cropped from each border. Defaults to 0.
-        border: keyword alias of ``crop_border`` (takes precedence when given). Defaults to None.
 
     Returns:
         SSIM per image ``(B,)``.
     """
-    pred, target = _check_pair(pred, target, crop_border if border is None else border)
+    pred, target = _check_pair(pred, target, crop_border)
     return _ssim(pred, target)

@@ -194,14 +194,3 @@ def test_super_resolution_sweep(tmp_path: Path) -> None:
     assert report.metrics["cnf/psnr_y_t1"] < report.metrics["cnf/psnr_y_t0"]  # noise costs PSNR
     assert report.metrics["cnf/bits_per_dim"] == pytest.approx(3.0)
     assert len(report.plots) == 2 and all(p.is_file() for p in report.plots)
-
-
-def test_docstring_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import doctest
-    import tempfile
-
-    import monai_cnf.calibration.runner as runner
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    result = doctest.testmod(runner, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 3 and result.failed == 0

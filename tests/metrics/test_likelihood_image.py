@@ -74,13 +74,6 @@ def test_ssim_against_skimage_gaussian() -> None:
     assert 0 < got_y.min() < 1
 
 
-def test_border_alias() -> None:
-    pred, target = _pair()
-    torch.testing.assert_close(psnr_y(pred, target, border=2), psnr_y(pred, target, crop_border=2))
-    torch.testing.assert_close(ssim_rgb(pred, target, border=3), ssim_rgb(pred, target, 3))
-    assert not torch.allclose(psnr_y(pred, target, border=2), psnr_y(pred, target))
-
-
 def test_identical_images() -> None:
     _, target = _pair()
     assert torch.isinf(psnr_y(target, target)).all()
