@@ -425,6 +425,15 @@ def main(argv: list[str] | None = None) -> None:
         f"GFLOP/s ({clock} time): ours {g_ours:.1f}, FrEIA {g_freia:.1f}, plain conv stack of the same subnet convs "
         f"(fwd+bwd, {conv['flops'] / 1e9:.2f} GFLOP) {g_conv:.1f} -> ours at {100 * g_ours / g_conv:.0f}% of it"
     )
+    # When both flows run at (nearly) the conv throughput, the step-time ratio is bounded below by the FLOP ratio:
+    # print that floor, so a missed time target reads as "needs fewer FLOPs" or "needs less overhead".
+    floor = ours["flops"] / (g_conv * 1e9)
+    print(
+        f"FLOP floor: ours' {ours['flops'] / 1e9:.2f} GFLOP at the plain conv's {g_conv:.1f} GFLOP/s = "
+        f"{floor * 1e3:.0f} ms = {floor / train['freia'][clock]:.2f}x FrEIA's measured step; "
+        f"overhead above the floor: {100 * (train['ours'][clock] / floor - 1):.0f}% (ours), "
+        f"{100 * (train['freia'][clock] / (freia['flops'] / (g_conv * 1e9)) - 1):.0f}% (FrEIA)"
+    )
     peak_kind = "CUDA max allocated" if device.type == "cuda" else "peak RSS over resident, fresh process"
     print(
         f"targets: step <= 0.70x FrEIA: {train['ours'][clock] / train['freia'][clock]:.2f}x ({clock}); "
