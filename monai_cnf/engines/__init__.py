@@ -6,6 +6,7 @@
   :class:`SSIMY`.
 - :class:`AtomicCheckpointSaver`, :class:`ResumeCheckpointLoader`: atomic checkpoints and resume.
 - :class:`RichProgressHandler`: a Rich progress bar for ignite engines.
+- :func:`warmup_cosine`: warm-up, constant, then optional cosine decay of the learning rate (for ``LambdaLR``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from monai_cnf.engines.evaluator import PSNRY, SSIMY, BitsPerDim, FlowEvaluator,
 from monai_cnf.engines.inferer import SampleInferer
 from monai_cnf.engines.postprocessing import CropToScaledInputd, original_spatial_size
 from monai_cnf.engines.progress import RichProgressHandler
+from monai_cnf.engines.schedules import warmup_cosine
 from monai_cnf.engines.trainer import (
     FlowTrainer,
     bits_per_dim_from_log_prob,
@@ -54,4 +56,5 @@ __all__ = [
     "needs_data_dependent_init",
     "original_spatial_size",
     "sr_eval_datalist",
+    "warmup_cosine",
 ]

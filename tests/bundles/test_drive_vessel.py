@@ -229,3 +229,22 @@ def test_monai_label_style_overrides(trained_run: Path, tmp_path: Path) -> None:
     trainer = wf.parser.get_parsed_content("train#trainer")
     assert trainer.state.epoch == 1 and trainer.state.iteration == 3
     assert 0.0 < wf.parser.get_parsed_content("validate#evaluator").state.metrics["val_max_f"] <= 1.0
+
+
+def test_learning_rate_schedule_keys() -> None:
+    """train.json: the paper's constant rate; cpu.json: warm-up; lr_decay_* add a cosine decay (what the shipped
+    weights' last phase used)."""
+    from monai.bundle import ConfigParser
+
+    def lrs(files: list[str], steps: list[int], **overrides) -> list[float]:
+        parser = ConfigParser()
+        parser.read_config(files)
+        parser.update({"bundle_root": str(BUNDLE), "network_def": "$torch.nn.Linear(1, 1)", **overrides})
+        factor = parser.get_parsed_content("lr_scheduler").lr_lambdas[0]
+        return [parser["learning_rate"] * factor(s) for s in steps]
+
+    assert lrs(_files("train.json"), [0, 10**6]) == [1e-3, 1e-3]
+    warm = lrs(_files("train.json", "cpu.json"), [0, 100, 200, 10**6])
+    assert warm == pytest.approx([1e-5, 1e-3 * (0.01 + 0.99 * 0.5), 1e-3, 1e-3])
+    decay = lrs(_files("train.json", "cpu.json"), [200, 1200, 2200, 9999], lr_decay_start=200, lr_decay_steps=2000)
+    assert decay == pytest.approx([1e-3, 1e-3 * 0.505, 1e-5, 1e-5])
