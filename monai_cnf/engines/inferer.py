@@ -23,8 +23,11 @@ class SampleInferer(Inferer):
 
     For images larger than ``roi_size`` the sampling runs window by window through MONAI's
     :func:`~monai.inferers.sliding_window_inference` (mean and second moment are blended across overlapping
-    windows, so ``std`` stays consistent; stitched samples are per-window samples blended where windows overlap).
-    ``roi_size`` must then be divisible by ``2**num_levels``.
+    windows, so ``std`` stays consistent). Stitched samples are per-window samples blended where windows overlap and,
+    when the windows' samples are integers (binary labels, 8-bit levels), rounded back to them: in an overlap a pixel
+    takes the blending-weighted vote of the windows, so binary samples stay exactly {0, 1}; the mean and std are then
+    the blended window moments, not the moments of the stitched samples. ``roi_size`` must be divisible by
+    ``2**num_levels``.
 
     Args:
         num_samples: N, number of samples. Defaults to 20.
@@ -146,10 +149,14 @@ class SampleInferer(Inferer):
         return out
 
     def _sliding(self, inputs: torch.Tensor, network: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        integral = True  # are the window samples integers (binary labels, 8-bit levels)?
+
         def predictor(window: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            nonlocal integral
             mean, second, samples = self._moments(window, network)
             if samples is None:
                 return mean, second
+            integral = integral and bool(torch.equal(samples, samples.round()))
             # fold samples into channels so MONAI can stitch them like any other output
             s, b = samples.shape[:2]
             return mean, second, samples.transpose(0, 1).reshape(b, s * samples.shape[2], *samples.shape[3:])
@@ -168,6 +175,8 @@ class SampleInferer(Inferer):
             stitched = outputs[2]
             b, c = stitched.shape[0], mean.shape[1]
             samples = stitched.reshape(b, -1, c, *stitched.shape[2:]).transpose(0, 1)
+            if integral:  # blending made overlaps fractional: a weighted vote keeps samples on the data's levels
+                samples = samples.round()
         return _plain(mean), _plain(second), None if samples is None else _plain(samples)
 
 

@@ -151,7 +151,9 @@ def test_inference_returns_label_in_original_geometry(trained_run: Path, tmp_pat
         tmp_path,
         checkpoint=str(trained_run / "models" / "model.pt"),
         dataset_dir=str(trained_run / "synthetic_drive"),
+        roi_size=[32, 32],  # sliding windows (as the CPU preset's 96 x 96 on DRIVE), stitched to the padded size
     )
+    assert wf.parser.get_parsed_content("inferer").roi_size == [32, 32]
     wf.run()
     wf.finalize()
     outs = sorted(tmp_path.glob("*_seg.png"))
@@ -182,6 +184,16 @@ def test_inference_json_builds_the_shipped_cpu_preset_network() -> None:
     assert net_shapes(_files("inference.json")) == cpu
     assert net_shapes(_files("inference.json", "inference_cpu.json")) == cpu
     assert net_shapes(_files("inference.json", "inference_paper.json")) == paper
+
+    def roi(files: list[str]) -> object:
+        parser = ConfigParser()
+        parser.read_config(files)
+        return parser.get_parsed_content("roi_size")
+
+    # CPU-preset weights were trained on 64 x 64 patches: they sample in windows of about their training context
+    # (the conditioner's InstanceNorm sees patch statistics); the paper's full-image network samples whole images
+    assert roi(_files("inference.json")) == roi(_files("train.json", "cpu.json")) == [96, 96]
+    assert roi(_files("inference.json", "inference_paper.json")) is roi(_files("train.json")) is None
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     assert meta["weights_preset"] == "cpu" and "optional_packages_version" not in meta
 

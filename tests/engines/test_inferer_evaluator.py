@@ -69,6 +69,26 @@ def test_sliding_window_matches_whole_image_and_bounds_windows() -> None:
     assert torch.allclose(win["std"], whole["std"], rtol=1e-4)
 
 
+def test_sliding_window_binary_samples_stay_binary() -> None:
+    class _Coin(torch.nn.Module):  # independent fair coins: windows disagree in their overlaps
+        def sample(self, x, num_samples=1, temperature=1.0):
+            return (torch.rand(num_samples, *x.shape) < 0.5).to(x.dtype)
+
+    class _Ones(torch.nn.Module):  # every window agrees: the stitched samples are exactly the windows' ones
+        def sample(self, x, num_samples=1, temperature=1.0):
+            return torch.ones(num_samples, *x.shape, dtype=x.dtype)
+
+    x = torch.zeros(2, 1, 16, 12)
+    inferer = SampleInferer(num_samples=5, chunk_size=2, return_samples=True, roi_size=(8, 8), overlap=0.5)
+    torch.manual_seed(0)
+    samples = inferer(x, _Coin())["samples"]
+    assert samples.shape == (5, 2, 1, 16, 12) and set(samples.unique().tolist()) == {0.0, 1.0}
+    assert 0.3 < samples.mean().item() < 0.7
+    assert torch.equal(inferer(x, _Ones())["samples"], torch.ones(5, 2, 1, 16, 12))
+    out = inferer(x + 0.5, _Counter())["samples"]  # non-integer samples are blended, not rounded
+    assert not torch.equal(out, out.round())
+
+
 def test_metatensor_in_metatensor_out() -> None:
     x = MetaTensor(torch.ones(1, 1, 4, 4), meta={"filename_or_obj": "a.png"})
     mean = SampleInferer(num_samples=2)(x, _Counter())
