@@ -150,6 +150,13 @@ def _build(bundle: Bundle, model: _Model, ovr: Mapping[str, Any], device: str) -
     return workflow, network.to(torch.device(device)).eval()
 
 
+def _window(workflow: Any) -> dict[str, Any]:
+    """The bundle's sliding-window settings (``roi_size`` None = whole images)."""
+    parser = workflow.parser
+    defaults = {"roi_size": None, "sw_overlap": 0.25, "sw_batch_size": 1}
+    return {k: parser.get_parsed_content(k) if k in parser else v for k, v in defaults.items()}
+
+
 def _task(workflow: Any) -> str:
     """``"segmentation"`` (binary labels) or ``"super_resolution"`` (8-bit targets) from the CNF's network_def."""
     deq = workflow.parser.get("network_def#dequantization", "binary") if "network_def" in workflow.parser else "binary"
@@ -279,7 +286,7 @@ def run_calibration(
     ovr.update(user)
     torch.manual_seed(seed)  # the CNF's dequantization noise in bits/dim
     cnf_wf, cnf_net = _build(bundle, cnf, ovr, device)
-    _, fac_net = _build(bundle, fac, ovr, device)
+    fac_wf, fac_net = _build(bundle, fac, ovr, device)
     models = {"cnf": cnf_net, "factored": fac_net}
     task = _task(cnf_wf)
 
@@ -289,6 +296,7 @@ def run_calibration(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
+    window: dict[str, Any] = {}  # the bundle's sliding-window settings (segmentation)
     with Progress(*columns, console=Console(stderr=True), disable=not progress, transient=False) as bar:
         if task == "segmentation":
             datalist = list(cnf_wf.parser.get_parsed_content("validate#datalist"))
@@ -298,9 +306,14 @@ def run_calibration(
             if split == "test" and "label2" not in datalist[0]:
                 logger.warning("the %s split has no 2nd observer: no observer2 metrics or scatter points.", split)
             pad = cnf_wf.parser.get_parsed_content("pad_transform") if "pad_transform" in cnf_wf.parser else None
+            # each model's own sliding windows (DRIVE CPU preset: the CNF in 96 x 96 windows, the factored baseline on
+            # whole images), so the analysis sees what each model's inference gives
+            window = {name: _window(wf) for name, wf in (("cnf", cnf_wf), ("factored", fac_wf))}
             report = calibrate_segmentation(
-                datalist, models, output, num_samples, temperature, chunk_size, pad, device, seed, bar
-            )
+                datalist, models, output, num_samples, temperature, chunk_size, pad, device, seed, bar,
+                roi_size={name: w["roi_size"] for name, w in window.items()},
+                overlap=window["cnf"]["sw_overlap"], sw_batch_size=window["cnf"]["sw_batch_size"],
+            )  # fmt: skip
             n_images = len(datalist)
         else:
             # the bundle's evaluation pairs (HR crop, MATLAB-bicubic LR), transformed one at a time
@@ -335,6 +348,7 @@ def run_calibration(
         "num_samples": num_samples if task == "segmentation" else 1,
         "temperature": temperature if task == "segmentation" else ",".join(f"{t:g}" for t in SR_TEMPERATURES),
         "chunk_size": chunk_size,
+        "roi_size": ", ".join(f"{k}: {w['roi_size'] or 'whole image'}" for k, w in window.items()) or "n/a",
         "seed": seed,
         "device": device,
         "preset": preset,

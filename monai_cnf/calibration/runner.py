@@ -84,6 +84,9 @@ def draw_samples(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.bool,
     on_chunk: Callable[[int], None] | None = None,
+    roi_size: Sequence[int] | None = None,
+    overlap: float = 0.25,
+    sw_batch_size: int = 1,
 ) -> torch.Tensor:
     """Draw ``num_samples`` samples of ``p(y | x)``, ``chunk_size`` per call, gathered on the CPU.
 
@@ -105,6 +108,11 @@ def draw_samples(
         generator: random generator (on ``x``'s device). Defaults to None.
         dtype: dtype of the returned samples. Defaults to ``torch.bool``.
         on_chunk: called with the number of samples after each chunk (e.g. a progress bar). Defaults to None.
+        roi_size: sample in sliding windows of this size (the bundle's ``roi_size``; each chunk goes through
+            :class:`~monai_cnf.engines.SampleInferer`, which stitches binary samples by a weighted vote in the
+            overlaps); None samples the whole image. Defaults to None.
+        overlap: sliding-window overlap. Defaults to 0.25.
+        sw_batch_size: windows per batch. Defaults to 1.
 
     Returns:
         ``(S, B, C, *spatial)`` tensor on the CPU.
@@ -135,9 +143,18 @@ def draw_samples(
     with torch.no_grad():
         while done < int(num_samples):
             k = min(int(chunk_size), int(num_samples) - done)
-            if batched:  # the CNF decodes this many samples per flow pass
-                kwargs["batch_size"] = k
-            s = network.sample(x, num_samples=k, **kwargs)
+            if roi_size is not None:
+                from monai_cnf.engines import SampleInferer
+
+                windowed = SampleInferer(
+                    k, float(temperature), chunk_size=k, return_samples=True, roi_size=roi_size, overlap=overlap,
+                    sw_batch_size=sw_batch_size, generator=generator, exact_mean=False,
+                )  # fmt: skip
+                s = windowed(x, network)["samples"]
+            else:
+                if batched:  # the CNF decodes this many samples per flow pass
+                    kwargs["batch_size"] = k
+                s = network.sample(x, num_samples=k, **kwargs)
             if s.dim() != x.dim() + 1 or s.shape[0] != k or s.shape[1] != x.shape[0]:
                 raise ValueError(
                     f"network.sample must return (S, B, C, *spatial) with S={k}, B={x.shape[0]}; got {tuple(s.shape)}."
@@ -147,6 +164,22 @@ def draw_samples(
             if on_chunk is not None:
                 on_chunk(k)
     return torch.cat(chunks, 0)
+
+
+def _windowed(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    roi_size: Sequence[int] | None,
+    overlap: float,
+    sw_batch_size: int,
+) -> torch.Tensor:
+    """``fn(x)``, or MONAI's sliding-window inference of it when ``roi_size`` is set and smaller than ``x``."""
+    if roi_size is None or all(s <= r for s, r in zip(x.shape[2:], roi_size, strict=False)):
+        return fn(x)
+    from monai.inferers import sliding_window_inference
+
+    out = sliding_window_inference(x, roi_size, sw_batch_size, fn, overlap=overlap, mode="gaussian")
+    return out.as_tensor() if hasattr(out, "as_tensor") else out
 
 
 def _divisor(models: Mapping[str, Any]) -> int:
@@ -221,6 +254,9 @@ def segmentation_cases(
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: Progress | None = None,
+    roi_size: Sequence[int] | Mapping[str, Sequence[int] | None] | None = None,
+    overlap: float = 0.25,
+    sw_batch_size: int = 1,
 ) -> Iterator[SegmentationCase]:
     """Yield one :class:`~monai_cnf.calibration.SegmentationCase` per datalist item, sampling lazily.
 
@@ -242,6 +278,11 @@ def segmentation_cases(
         device: device of the models. Defaults to "cpu".
         seed: seed of the CNF's generator and of the Bernoulli draws. Defaults to 0.
         progress: a ``rich.progress.Progress`` to report images and samples on. Defaults to None.
+        roi_size: sample (CNF) and compute soft maps (factored) in sliding windows of this size, as the bundle's
+            inferer does (the DRIVE CPU preset's CNF: 96 x 96), or a mapping model name -> size (None, or a name
+            left out: whole images); None uses whole images. Defaults to None.
+        overlap: sliding-window overlap. Defaults to 0.25.
+        sw_batch_size: windows per batch. Defaults to 1.
 
     Yields:
         :class:`~monai_cnf.calibration.SegmentationCase` with ``samples``, ``prob_maps`` (factored) and
@@ -282,15 +323,20 @@ def segmentation_cases(
                 progress.advance(t_samples, n)
 
         for name, net in models.items():
+            roi = roi_size.get(name) if isinstance(roi_size, Mapping) else roi_size
             with torch.no_grad():
                 bpd[name] = float(bits_per_dim(net.log_prob(y, x).double().cpu(), y[0].numel())[0])
                 if is_bernoulli_baseline(net):
-                    prob = _unpad(net.probabilities(x)[0].float().cpu(), image, pad)  # (C, H, W)
+                    soft = _windowed(net.probabilities, x, roi, overlap, sw_batch_size)
+                    prob = _unpad(soft[0].float().cpu(), image, pad)  # (C, H, W)
                     prob_maps[name] = prob[0].numpy()
                     samples[name] = bernoulli_samples(prob_maps[name], int(num_samples), rng)
                     advance(int(num_samples))
                 else:
-                    s = draw_samples(net, x, int(num_samples), temperature, chunk_size, generator, on_chunk=advance)
+                    s = draw_samples(
+                        net, x, int(num_samples), temperature, chunk_size, generator, on_chunk=advance,
+                        roi_size=roi, overlap=overlap, sw_batch_size=sw_batch_size,
+                    )  # fmt: skip
                     s = s[:, 0]  # (S, C, *spatial)
                     flat = _unpad(s.reshape(-1, *s.shape[2:]), image, pad)  # samples x channels as channels
                     samples[name] = flat.reshape(s.shape[0], s.shape[1], *flat.shape[1:])[:, 0].numpy()
@@ -319,6 +365,9 @@ def calibrate_segmentation(
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: Progress | None = None,
+    roi_size: Sequence[int] | Mapping[str, Sequence[int] | None] | None = None,
+    overlap: float = 0.25,
+    sw_batch_size: int = 1,
     **analysis_kwargs: Any,
 ) -> CalibrationReport:
     """Sample every model on every image and run :func:`~monai_cnf.calibration.analyse_segmentation`.
@@ -338,7 +387,10 @@ def calibrate_segmentation(
         >>> 0.0 <= report.metrics["factored/max_f"] <= 1.0, report.metrics["factored/bits_per_dim"] > 0
         (True, True)
     """
-    cases = segmentation_cases(datalist, models, num_samples, temperature, chunk_size, pad, device, seed, progress)
+    cases = segmentation_cases(
+        datalist, models, num_samples, temperature, chunk_size, pad, device, seed, progress,
+        roi_size=roi_size, overlap=overlap, sw_batch_size=sw_batch_size,
+    )  # fmt: skip
     return analyse_segmentation(cases, out_dir, **analysis_kwargs)
 
 

@@ -194,3 +194,41 @@ def test_super_resolution_sweep(tmp_path: Path) -> None:
     assert report.metrics["cnf/psnr_y_t1"] < report.metrics["cnf/psnr_y_t0"]  # noise costs PSNR
     assert report.metrics["cnf/bits_per_dim"] == pytest.approx(3.0)
     assert len(report.plots) == 2 and all(p.is_file() for p in report.plots)
+
+
+def test_sliding_windows_keep_pointwise_models_exact_and_samples_binary() -> None:
+    """roi_size (the DRIVE CPU preset samples in windows): for models that act pixel by pixel, windows change
+    nothing; samples stay binary; windows smaller than the image are really used."""
+    items = [_item(24, 20, 0)]
+    pad = SpatialPadd(["image", "label", "mask"], spatial_size=(24, 24), allow_missing_keys=True)
+    models = {"cnf": _Recorder(), "factored": _Soft()}
+    whole = next(segmentation_cases(items, models, num_samples=6, temperature=0.0, pad=pad))
+    windowed = next(segmentation_cases(items, models, num_samples=6, temperature=0.0, pad=pad, roi_size=(8, 8)))
+    np.testing.assert_array_equal(windowed.samples["cnf"], whole.samples["cnf"])
+    np.testing.assert_allclose(windowed.prob_maps["factored"], whole.prob_maps["factored"], rtol=0, atol=1e-6)
+
+    class _Sizes(_Recorder):
+        def sample(self, x, num_samples=1, temperature=1.0, generator=None):
+            self.sizes = [*getattr(self, "sizes", []), tuple(x.shape[2:])]
+            return super().sample(x, num_samples, temperature, generator)
+
+    net = _Sizes()
+    s = draw_samples(net, torch.rand(1, 3, 24, 20), 5, 1.0, chunk_size=2, dtype=torch.float32, roi_size=(8, 8))
+    assert s.shape == (5, 1, 1, 24, 20) and set(s.unique().tolist()) <= {0.0, 1.0}
+    assert set(net.sizes) == {(8, 8)} and net.calls.count(2) > 2  # window by window, chunk by chunk
+
+
+def test_roi_size_per_model() -> None:
+    class _SoftSizes(_Soft):
+        def probabilities(self, x):
+            self.sizes = [*getattr(self, "sizes", []), tuple(x.shape[2:])]
+            return super().probabilities(x)
+
+    class _Sizes(_Recorder):
+        def sample(self, x, num_samples=1, temperature=1.0, generator=None):
+            self.sizes = [*getattr(self, "sizes", []), tuple(x.shape[2:])]
+            return super().sample(x, num_samples, temperature, generator)
+
+    models = {"cnf": _Sizes(), "factored": _SoftSizes()}
+    next(segmentation_cases([_item(16, 16, 0)], models, num_samples=2, roi_size={"cnf": (8, 8), "factored": None}))
+    assert set(models["cnf"].sizes) == {(8, 8)} and set(models["factored"].sizes) == {(16, 16)}
