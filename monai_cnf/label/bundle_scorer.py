@@ -111,7 +111,8 @@ class BundleUncertaintyScorer:
     """Load a bundle's ``inference.json`` network and preprocessing, and score images by CNF sample disagreement.
 
     For one image: ``preprocessing`` (load, scale to [0, 1], pad to a multiple of ``2**num_levels``) ->
-    :class:`~monai_cnf.engines.SampleInferer` (N samples at temperature tau, per-pixel mean and std) ->
+    :class:`~monai_cnf.engines.SampleInferer` (N samples at temperature tau, per-pixel mean and std, in the bundle's
+    sliding windows ``roi_size`` when it sets one) ->
     :func:`~monai_cnf.label.uncertainty_score` inside the estimated field of view (:func:`~monai_cnf.label.fov_mask`
     of the image; padding is outside it).
 
@@ -170,6 +171,7 @@ class BundleUncertaintyScorer:
             self.configs.append(str(overlay))
         self._network: torch.nn.Module | None = None
         self._preprocessing: Any = None
+        self._window: dict[str, Any] = {}
         self._mtime: float | None = None
 
     def _load(self) -> None:
@@ -190,6 +192,9 @@ class BundleUncertaintyScorer:
         network.eval()
         self._network = network
         self._preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
+        # sample as the bundle's inferer does (the DRIVE CPU preset: 96 x 96 sliding windows)
+        window = {"roi_size": None, "sw_overlap": 0.25, "sw_batch_size": 1}
+        self._window = {k: parser.get_parsed_content(k) if k in parser else v for k, v in window.items()}
         self._mtime = mtime
         logger.info("loaded %s for uncertainty scoring", self.checkpoint)
 
@@ -209,8 +214,15 @@ class BundleUncertaintyScorer:
         x = x.unsqueeze(0) if x.dim() == 3 else x
         x = x.to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        window = self._window
         inferer = SampleInferer(
-            num_samples=self.num_samples, temperature=self.temperature, return_std=True, generator=generator
+            num_samples=self.num_samples,
+            temperature=self.temperature,
+            return_std=True,
+            generator=generator,
+            roi_size=window["roi_size"],
+            overlap=window["sw_overlap"],
+            sw_batch_size=window["sw_batch_size"],
         )
         out = inferer(x, self._network)
         mask = fov_mask(x, self.fov_threshold) if self.fov_threshold is not None else None

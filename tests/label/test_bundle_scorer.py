@@ -80,6 +80,11 @@ def test_scorer_zero_at_temperature_zero_and_deterministic(bundle, tmp_path):
     first = scorer(image)
     assert 0.0 < first <= math.log(2)
     assert scorer(image) == first  # seeded sampling: the same weights give the same score
+    assert scorer._window["roi_size"] == [96, 96]  # the bundle's windows (the image is smaller: one window)
+    _patch(bundle / "configs" / "inference.json", {"roi_size": [8, 8]})
+    windowed = BundleUncertaintyScorer(bundle, num_samples=4, temperature=1.0, fov_threshold=None)
+    score = windowed(image)
+    assert windowed._window["roi_size"] == [8, 8] and 0.0 < score <= math.log(2) and score != first
     with pytest.raises(FileNotFoundError, match="overlay"):
         BundleUncertaintyScorer(bundle, overlays=["missing.json"])
     with pytest.raises(ValueError, match="method"):
