@@ -57,6 +57,44 @@ class RunResult:
     info: dict[str, str] = field(default_factory=dict)
 
 
+#: written by ``cnf train`` into the run folder: the resolved config of the first start, and of the latest resume
+TRAIN_CONFIG, RESUME_CONFIG = "config.json", "config_resume.json"
+
+
+def trained_config(run_dir: Path | None) -> Path | None:
+    """The resolved config a run folder's weights were last trained with, or None.
+
+    Every ``cnf train --resume`` writes a new ``config_resume.json`` (``config_resume.1.json``, ``.2.json``, ...:
+    configs are never overwritten); the newest carries the overrides and bundle changes of the latest resume, and
+    wins over ``config.json`` (the first start's, kept as the run's record).
+
+    Example:
+        >>> import tempfile
+        >>> run = Path(tempfile.mkdtemp())
+        >>> trained_config(run) is None
+        True
+        >>> _ = (run / "config.json").write_text("{}"); trained_config(run).name
+        'config.json'
+        >>> _ = (run / "config_resume.json").write_text("{}"); trained_config(run).name
+        'config_resume.json'
+        >>> for n in (2, 10): _ = (run / f"config_resume.{n}.json").write_text("{}")
+        >>> trained_config(run).name
+        'config_resume.10.json'
+    """
+    if run_dir is None:
+        return None
+    stem = Path(RESUME_CONFIG).stem
+    resumes = {0: Path(run_dir) / RESUME_CONFIG}
+    for path in Path(run_dir).glob(f"{stem}.*.json"):
+        number = path.name[len(stem) + 1 : -len(".json")]
+        if number.isdigit():
+            resumes[int(number)] = path
+    for path in (*(resumes[n] for n in sorted(resumes, reverse=True)), Path(run_dir) / TRAIN_CONFIG):
+        if path.is_file():
+            return path
+    return None
+
+
 def _checkpoints(run_dir: Path, folders: Sequence[str] = ("checkpoints",)) -> list[Path]:
     found: list[Path] = []
     for name in folders:
@@ -230,11 +268,11 @@ def run_training(
         logger.warning("bundle %s does not define the contract keys %s; setting them anyway.", bundle.name, gone)
     workflow.parser.update(ovr)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.json"
+    config_path = run_dir / TRAIN_CONFIG
     if not config_path.exists():
         export_config(workflow, config_path)
     else:
-        config_path = export_config(workflow, run_dir / "config_resume.json")
+        config_path = export_config(workflow, run_dir / RESUME_CONFIG)
     _run_workflow(workflow, run_dir, RUN_ID_FILE)
 
     result = RunResult(bundle.name, run_dir, files, uri)
@@ -293,8 +331,8 @@ def run_evaluation(
     """Evaluate a checkpoint on a split with the bundle's metrics; an MLflow run linked to the training run.
 
     With a run folder holding ``config.json`` (written by ``cnf train``), the configs are that resolved training
-    config + ``evaluate.json``, so the network is built as it was trained; otherwise ``train.json`` + the
-    ``--preset``/``--model`` overlays + ``evaluate.json``.
+    config (``config_resume.json`` after a resume: see :func:`trained_config`) + ``evaluate.json``, so the network
+    is built as it was trained; otherwise ``train.json`` + the ``--preset``/``--model`` overlays + ``evaluate.json``.
     """
     from monai_cnf.tracking.utils import EVAL_RUN_ID_FILE, RUN_ID_FILE, read_run_id
 
@@ -315,8 +353,8 @@ def run_evaluation(
             checkpoint = default
     checkpoint = Path(checkpoint).absolute()
     check_checkpoint(checkpoint)
-    trained = run_dir / "config.json"
-    if trained.is_file():  # evaluate the model as it was trained (widths, preset, overrides), then evaluate.json
+    trained = trained_config(run_dir)
+    if trained is not None:  # evaluate the model as it was trained (widths, preset, overrides), then evaluate.json
         files = [trained, bundle.config("evaluate", "needed by cnf evaluate")]
         logger.info("evaluating with the run's resolved config %s (--preset/--model are not used)", trained)
     else:

@@ -185,7 +185,7 @@ def run_sampling(
     alone); None (default) takes the one whose network has the checkpoint's parameter shapes.
     """
     import torch
-    from monai_cnf.cli._run import check_checkpoint, find_checkpoint
+    from monai_cnf.cli._run import check_checkpoint, find_checkpoint, trained_config
 
     bundle = load_bundle(bundle_path)
     if num_samples < 1:
@@ -208,7 +208,7 @@ def run_sampling(
     device = resolve_device(device)
     state = _state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     if preset is None:
-        from_run = run_dir is not None and (Path(run_dir) / "config.json").is_file()
+        from_run = trained_config(Path(run_dir) if run_dir is not None else None) is not None
         preset = "cpu" if from_run else _matching_preset(bundle, state)
     files = compose_config_files(bundle, "inference", preset, "cnf")
     ovr: dict[str, Any] = {"bundle_root": str(bundle.root), "device": device, "checkpoint": str(checkpoint)}
@@ -238,8 +238,9 @@ def run_sampling(
         _network(parser, Path(run_dir) if run_dir is not None else None),
         " + ".join(f.name for f in files),
     )
-    if run_dir is not None and (Path(run_dir) / "config.json").is_file():
-        source = str(Path(run_dir) / "config.json")
+    trained = trained_config(Path(run_dir) if run_dir is not None else None)
+    if trained is not None:
+        source = str(trained)
     try:
         network.load_state_dict(state)
     except RuntimeError as err:
@@ -308,8 +309,10 @@ def _matching_preset(bundle: Bundle, state: Mapping[str, Any]) -> str:
 def _network(parser: Any, run_dir: Path | None) -> Any:
     """``network_def`` of the run's resolved training config when there is one (the widths it was trained with),
     else the bundle's ``inference.json``."""
-    config = run_dir / "config.json" if run_dir is not None else None
-    if config is None or not config.is_file():
+    from monai_cnf.cli._run import trained_config
+
+    config = trained_config(run_dir)
+    if config is None:
         return parser.get_parsed_content("network_def")
     from monai.bundle import ConfigParser
 

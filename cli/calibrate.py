@@ -85,7 +85,7 @@ def _resolve_model(
     bundle: Bundle, kind: str, checkpoint: Path | None, run_dir: Path, preset: str, option: str, run_option: str
 ) -> _Model:
     """Weights and configs of one model: ``checkpoint``, else ``run_dir``'s best/latest, else the bundle's file."""
-    from monai_cnf.cli._run import check_checkpoint, find_checkpoint
+    from monai_cnf.cli._run import check_checkpoint, find_checkpoint, trained_config
 
     train_cmd = f"cnf train {bundle.root}{' --model factored' if kind == 'factored' else ''} --run-dir {run_dir}"
     if checkpoint is not None:
@@ -103,8 +103,8 @@ def _resolve_model(
         checkpoint = (found or shipped).absolute()
     check_checkpoint(checkpoint)
     from_run = run_dir.is_dir() and _inside(checkpoint, run_dir)
-    trained = run_dir / "config.json"
-    if from_run and trained.is_file():  # build the network as it was trained (widths, preset, overrides)
+    trained = trained_config(run_dir)
+    if from_run and trained is not None:  # build the network as it was trained (widths, preset, overrides)
         try:
             model_kind = json.loads(trained.read_text()).get("model_kind", kind)
         except (OSError, json.JSONDecodeError) as err:

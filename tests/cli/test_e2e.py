@@ -7,6 +7,7 @@ train (a subprocess, tiny overrides on the synthetic retina set) -> SIGKILL afte
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -99,7 +100,8 @@ def test_train_kill_resume_sample_evaluate(tmp_path: Path, monkeypatch: pytest.M
 
     # 3. resume: same MLflow run, continues after the last checkpoint's epoch
     resumed_at_ms = int(time.time() * 1000)
-    _invoke(["train", str(BUNDLE), *common, "--resume", "--max-epochs", str(last + 1), *TINY])
+    resume_only = ["-o", "sample_chunk_size=3"]  # a setting changed at resume: evaluation must see it
+    _invoke(["train", str(BUNDLE), *common, "--resume", "--max-epochs", str(last + 1), *TINY, *resume_only])
     assert read_run_id(run_dir) == run_id
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -157,6 +159,9 @@ def test_train_kill_resume_sample_evaluate(tmp_path: Path, monkeypatch: pytest.M
     assert ev.data.tags["split"] == "test"
     assert {"max_f", "bpd"} <= set(ev.data.metrics), ev.data.metrics
     assert 0.0 <= ev.data.metrics["max_f"] <= 1.0 and ev.data.metrics["bpd"] > 0
+    # evaluated with the config of the latest resume (config_resume.json), not the first start's config.json
+    assert json.loads((run_dir / "config.json").read_text())["sample_chunk_size"] != 3
+    assert json.loads((run_dir / "config_evaluate_test.json").read_text())["sample_chunk_size"] == 3
 
 
 def test_dataset_in_the_wrong_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
