@@ -257,6 +257,8 @@ def run_sampling(
         setattr(inferer, attr, value)
     inferer.return_std = True
     inferer.return_samples = True
+    if trained is not None:  # sample as the run validated: its sliding windows (the weights depend on them)
+        _use_trained_windows(inferer, trained)
     if seed is not None:
         torch.manual_seed(seed)
         inferer.generator = torch.Generator(device=device).manual_seed(seed)
@@ -279,11 +281,32 @@ def run_sampling(
             "checkpoint": str(checkpoint),
             "network": source,
             "samples / temperature": f"{num_samples} / {temperature}",
+            "windows": _describe_roi(getattr(inferer, "roi_size", None)),
             "seed": "random" if seed is None else str(seed),
             "device": device,
         }
     )
     return result
+
+
+def _use_trained_windows(inferer: Any, config: Path) -> None:
+    """Copy ``roi_size`` / ``sw_overlap`` / ``sw_batch_size`` of a run's resolved training config onto ``inferer``
+    (configs written before these keys existed leave the bundle's inference settings in place)."""
+    from monai.bundle import ConfigParser
+
+    trained = ConfigParser()
+    trained.read_config(str(config))
+    for key, attr in (("roi_size", "roi_size"), ("sw_overlap", "overlap"), ("sw_batch_size", "sw_batch_size")):
+        if key in trained:
+            setattr(inferer, attr, trained.get_parsed_content(key))
+
+
+def _describe_roi(roi_size: Any) -> str:
+    """``"96 x 96 sliding windows"`` or ``"whole image"``."""
+    if roi_size is None:
+        return "whole image"
+    sizes = [roi_size] if isinstance(roi_size, int) else list(roi_size)
+    return " x ".join(str(v) for v in sizes) + " sliding windows"
 
 
 def _matching_preset(bundle: Bundle, state: Mapping[str, Any]) -> str:

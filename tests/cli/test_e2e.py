@@ -41,6 +41,7 @@ TINY = [
     "-o", "train#epoch_length=2", "-o", "train#batch_size=2", "-o", "num_samples=2", "-o", "warmup_steps=1",
     "-o", "progress=false",
 ]  # fmt: skip
+SEEDED = ["--num-samples", "3", "--temperature", "0.8", "--seed", "0"]
 
 pytestmark = [
     pytest.mark.slow,
@@ -100,7 +101,9 @@ def test_train_kill_resume_sample_evaluate(tmp_path: Path, monkeypatch: pytest.M
 
     # 3. resume: same MLflow run, continues after the last checkpoint's epoch
     resumed_at_ms = int(time.time() * 1000)
-    resume_only = ["-o", "sample_chunk_size=3"]  # a setting changed at resume: evaluation must see it
+    # settings changed at resume: evaluation and sampling must see them (40 x 40 windows: the 36 x 36 padded
+    # images fit in one, so the numbers below stay exact)
+    resume_only = ["-o", "sample_chunk_size=3", "-o", "roi_size=[40,40]"]
     _invoke(["train", str(BUNDLE), *common, "--resume", "--max-epochs", str(last + 1), *TINY, *resume_only])
     assert read_run_id(run_dir) == run_id
     run = client.get_run(run_id)
@@ -130,7 +133,8 @@ def test_train_kill_resume_sample_evaluate(tmp_path: Path, monkeypatch: pytest.M
     image = run_dir / "synthetic_drive" / "test" / "images" / "01_test.tif"
     out = tmp_path / "samples"
     sample_args = ["--input", str(image), "--run-dir", str(run_dir), "--output", str(out), "--device", "cpu"]
-    _invoke(["sample", str(BUNDLE), *sample_args, "--num-samples", "3", "--temperature", "0.8", "--seed", "0"])
+    sampled = _invoke(["sample", str(BUNDLE), *sample_args, *SEEDED])
+    assert "40 x 40 sliding windows" in sampled.stdout  # the run's windows, not inference.json's 96 x 96
     h, w = np.asarray(Image.open(image)).shape[:2]
     assert (h, w) == (34, 33)
     for name in ("sample_000.png", "sample_002.png", "mean.png", "std.png"):
@@ -147,7 +151,8 @@ def test_train_kill_resume_sample_evaluate(tmp_path: Path, monkeypatch: pytest.M
     np.testing.assert_array_equal(np.asarray(Image.open(out / "sample_001.png")), samples[..., 1] * 255)
     again = tmp_path / "samples_again"  # the same seed gives the same samples
     sample_args[sample_args.index(str(out))] = str(again)
-    _invoke(["sample", str(BUNDLE), *sample_args, "--num-samples", "3", "--temperature", "0.8", "--seed", "0"])
+    sampled = _invoke(["sample", str(BUNDLE), *sample_args, *SEEDED])
+    assert "40 x 40 sliding windows" in sampled.stdout  # the run's windows, not inference.json's 96 x 96
     np.testing.assert_array_equal(np.asarray(nib.load(again / "samples.nii.gz").dataobj), samples)
 
     # 5. evaluate the run on the test split: an MLflow run linked to the training run
