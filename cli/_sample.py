@@ -290,15 +290,17 @@ def run_sampling(
 
 
 def _use_trained_windows(inferer: Any, config: Path) -> None:
-    """Copy ``roi_size`` / ``sw_overlap`` / ``sw_batch_size`` of a run's resolved training config onto ``inferer``
-    (configs written before these keys existed leave the bundle's inference settings in place)."""
+    """Give ``inferer`` the sliding windows of a run's resolved training config (a config written before
+    ``roi_size`` existed leaves the bundle's inference settings in place)."""
     from monai.bundle import ConfigParser
+
+    from monai_cnf.engines import sliding_window_settings
 
     trained = ConfigParser()
     trained.read_config(str(config))
-    for key, attr in (("roi_size", "roi_size"), ("sw_overlap", "overlap"), ("sw_batch_size", "sw_batch_size")):
-        if key in trained:
-            setattr(inferer, attr, trained.get_parsed_content(key))
+    if "roi_size" in trained:
+        for attr, value in sliding_window_settings(trained).items():
+            setattr(inferer, attr, value)
 
 
 def _describe_roi(roi_size: Any) -> str:

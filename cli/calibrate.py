@@ -150,13 +150,6 @@ def _build(bundle: Bundle, model: _Model, ovr: Mapping[str, Any], device: str) -
     return workflow, network.to(torch.device(device)).eval()
 
 
-def _window(workflow: Any) -> dict[str, Any]:
-    """The bundle's sliding-window settings (``roi_size`` None = whole images)."""
-    parser = workflow.parser
-    defaults = {"roi_size": None, "sw_overlap": 0.25, "sw_batch_size": 1}
-    return {k: parser.get_parsed_content(k) if k in parser else v for k, v in defaults.items()}
-
-
 def _task(workflow: Any) -> str:
     """``"segmentation"`` (binary labels) or ``"super_resolution"`` (8-bit targets) from the CNF's network_def."""
     deq = workflow.parser.get("network_def#dequantization", "binary") if "network_def" in workflow.parser else "binary"
@@ -308,11 +301,13 @@ def run_calibration(
             pad = cnf_wf.parser.get_parsed_content("pad_transform") if "pad_transform" in cnf_wf.parser else None
             # each model's own sliding windows (DRIVE CPU preset: the CNF in 96 x 96 windows, the factored baseline on
             # whole images), so the analysis sees what each model's inference gives
-            window = {name: _window(wf) for name, wf in (("cnf", cnf_wf), ("factored", fac_wf))}
+            from monai_cnf.engines import sliding_window_settings
+
+            window = {name: sliding_window_settings(wf.parser) for name, wf in (("cnf", cnf_wf), ("factored", fac_wf))}
             report = calibrate_segmentation(
                 datalist, models, output, num_samples, temperature, chunk_size, pad, device, seed, bar,
                 roi_size={name: w["roi_size"] for name, w in window.items()},
-                overlap=window["cnf"]["sw_overlap"], sw_batch_size=window["cnf"]["sw_batch_size"],
+                overlap=window["cnf"]["overlap"], sw_batch_size=window["cnf"]["sw_batch_size"],
             )  # fmt: skip
             n_images = len(datalist)
         else:

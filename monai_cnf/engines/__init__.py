@@ -20,7 +20,7 @@ from monai_cnf.engines.checkpoint import (
     load_checkpoint,
 )
 from monai_cnf.engines.evaluator import PSNRY, SSIMY, BitsPerDim, FlowEvaluator, MaxFScoreMetric
-from monai_cnf.engines.inferer import SampleInferer
+from monai_cnf.engines.inferer import SampleInferer, sliding_window_settings
 from monai_cnf.engines.postprocessing import CropToScaledInputd, original_spatial_size
 from monai_cnf.engines.progress import RichProgressHandler
 from monai_cnf.engines.schedules import warmup_cosine
@@ -55,6 +55,7 @@ __all__ = [
     "load_checkpoint",
     "needs_data_dependent_init",
     "original_spatial_size",
+    "sliding_window_settings",
     "sr_eval_datalist",
     "warmup_cosine",
 ]

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from monai.inferers import Inferer, sliding_window_inference
 
-__all__ = ["SampleInferer"]
+__all__ = ["SampleInferer", "sliding_window_settings"]
 
 
 class SampleInferer(Inferer):
@@ -209,3 +209,18 @@ def _like(t: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     from monai.data import MetaTensor
 
     return MetaTensor(t, meta=inputs.meta, applied_operations=inputs.applied_operations)
+
+
+def sliding_window_settings(parser: Any) -> dict[str, Any]:
+    """A bundle config's sliding-window keys as :class:`SampleInferer` arguments.
+
+    Reads ``roi_size`` (None = whole images), ``sw_overlap`` and ``sw_batch_size`` from a MONAI ``ConfigParser``;
+    keys the config lacks (configs written before they existed) take the inferer's defaults.
+
+    Example:
+        >>> from monai.bundle import ConfigParser
+        >>> sliding_window_settings(ConfigParser({"roi_size": [96, 96], "sw_batch_size": 16}))
+        {'roi_size': [96, 96], 'overlap': 0.25, 'sw_batch_size': 16}
+    """
+    keys = {"roi_size": ("roi_size", None), "overlap": ("sw_overlap", 0.25), "sw_batch_size": ("sw_batch_size", 1)}
+    return {arg: parser.get_parsed_content(key) if key in parser else default for arg, (key, default) in keys.items()}

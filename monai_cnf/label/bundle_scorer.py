@@ -192,9 +192,9 @@ class BundleUncertaintyScorer:
         network.eval()
         self._network = network
         self._preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
-        # sample as the bundle's inferer does (the DRIVE CPU preset: 96 x 96 sliding windows)
-        window = {"roi_size": None, "sw_overlap": 0.25, "sw_batch_size": 1}
-        self._window = {k: parser.get_parsed_content(k) if k in parser else v for k, v in window.items()}
+        from monai_cnf.engines import sliding_window_settings
+
+        self._window = sliding_window_settings(parser)  # as the bundle's inferer (DRIVE CPU preset: 96 x 96)
         self._mtime = mtime
         logger.info("loaded %s for uncertainty scoring", self.checkpoint)
 
@@ -214,15 +214,12 @@ class BundleUncertaintyScorer:
         x = x.unsqueeze(0) if x.dim() == 3 else x
         x = x.to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        window = self._window
         inferer = SampleInferer(
             num_samples=self.num_samples,
             temperature=self.temperature,
             return_std=True,
             generator=generator,
-            roi_size=window["roi_size"],
-            overlap=window["sw_overlap"],
-            sw_batch_size=window["sw_batch_size"],
+            **self._window,
         )
         out = inferer(x, self._network)
         mask = fov_mask(x, self.fov_threshold) if self.fov_threshold is not None else None
