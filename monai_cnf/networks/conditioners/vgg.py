@@ -10,9 +10,14 @@ from torch import nn
 
 from monai_cnf.networks.conditioners.subnets import get_conv_type
 
-__all__ = ["VGGConditioner", "resolve_level_channels"]
+__all__ = ["NORMS", "VGGConditioner", "resolve_level_channels"]
 
 _INSTANCE_NORM: dict[int, type[nn.Module]] = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+_BATCH_NORM: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+#: ``norm`` choices of :class:`VGGConditioner`. Only ``"instance"`` normalises with statistics of the input it is
+#: given (so a patch-trained model would be another model on a whole image); ``"batch"`` uses its running
+#: statistics at inference (``eval()``), ``"none"`` has no normalisation at all.
+NORMS = ("instance", "batch", "none")
 _MAX_POOL: dict[int, type[nn.Module]] = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 
 
@@ -52,12 +57,20 @@ def resolve_level_channels(
     return channels
 
 
-class _Block(nn.Sequential):
-    """The paper's ``block = [InstanceNorm, ReLU, conv 3x3]``."""
+def _norm_layer(norm: str, spatial_dims: int, channels: int) -> nn.Module:
+    if norm == "instance":
+        return _INSTANCE_NORM[spatial_dims](channels, affine=True)
+    if norm == "batch":
+        return _BATCH_NORM[spatial_dims](channels)
+    return nn.Identity()
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
+
+class _Block(nn.Sequential):
+    """The paper's ``block = [InstanceNorm, ReLU, conv 3x3]`` (the norm as chosen by ``norm``)."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, norm: str = "instance") -> None:
         super().__init__(
-            _INSTANCE_NORM[spatial_dims](in_channels, affine=True),
+            _norm_layer(norm, spatial_dims, in_channels),
             nn.ReLU(inplace=False),
             get_conv_type(spatial_dims)(in_channels, out_channels, kernel_size=3, padding=1),
         )
@@ -82,6 +95,10 @@ class VGGConditioner(nn.Module):
         num_levels: number of flow levels L (number of feature maps returned).
         feature_channels: channels per level; an int for all levels, or ``None`` for ``32 * 2**l``.
             Defaults to None (``(32, 64)`` for two levels).
+        norm: the blocks' normalisation: ``"instance"`` (the paper's; statistics of each input, so the features
+            of a pixel depend on the whole crop it is seen in: train and infer at one image size),
+            ``"batch"`` (BatchNorm; fixed running statistics in ``eval()``, so a model trained on patches is
+            the same model on a whole image) or ``"none"``. Defaults to ``"instance"``.
 
     Shapes:
         input ``(B, in_channels, *spatial)`` with every spatial size divisible by ``2**num_levels``;
@@ -101,22 +118,26 @@ class VGGConditioner(nn.Module):
         in_channels: int,
         num_levels: int,
         feature_channels: int | Sequence[int] | None = None,
+        norm: str = "instance",
     ) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"`norm` must be one of {NORMS}, got {norm!r}.")
+        self.norm = norm
         self.spatial_dims = _check_spatial_dims(spatial_dims)
         if int(in_channels) < 1:
             raise ValueError(f"`in_channels` must be >= 1, got {in_channels}.")
         self.in_channels = int(in_channels)
         self.num_levels = int(num_levels)
         self.out_channels: list[int] = resolve_level_channels(feature_channels, self.num_levels)
-        layers: list[nn.Module] = [_Block(self.spatial_dims, self.in_channels, self.out_channels[0])]
+        layers: list[nn.Module] = [_Block(self.spatial_dims, self.in_channels, self.out_channels[0], norm)]
         output_indices: list[int] = []
         prev = self.out_channels[0]
         for channels in self.out_channels:
             layers += [
                 _MAX_POOL[self.spatial_dims](kernel_size=2, stride=2),
-                _Block(self.spatial_dims, prev, channels),
-                _Block(self.spatial_dims, channels, channels),
+                _Block(self.spatial_dims, prev, channels, norm),
+                _Block(self.spatial_dims, channels, channels, norm),
             ]
             output_indices.append(len(layers) - 1)
             prev = channels
@@ -132,7 +153,7 @@ class VGGConditioner(nn.Module):
                 f"got {tuple(x.shape)}."
             )
         deepest = [s // 2**self.num_levels for s in x.shape[2:]]
-        if math.prod(deepest) < 2:
+        if self.norm == "instance" and math.prod(deepest) < 2:
             raise ValueError(
                 f"`x` of spatial size {tuple(x.shape[2:])} leaves {tuple(deepest)} at the deepest level, where "
                 "InstanceNorm needs more than one element; use larger patches (e.g. "
