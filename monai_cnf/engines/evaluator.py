@@ -1,7 +1,7 @@
 """Validation / evaluation for likelihood models: bits/dim plus sample-based metrics, as ignite metrics.
 
 :class:`FlowEvaluator` is MONAI's ``SupervisedEvaluator`` whose iteration also computes bits/dim from
-``network.log_prob`` and carries extra batch keys (e.g. the DRIVE field-of-view ``"mask"``) into the output, so
+``network.bits_per_dim`` and carries extra batch keys (e.g. the DRIVE field-of-view ``"mask"``) into the output, so
 the metrics below can read them with ``from_engine``. Every metric lands in ``evaluator.state.metrics`` where
 MONAI's ``StatsHandler``/``MLFlowHandler`` and the CLI pick it up.
 """
@@ -17,8 +17,6 @@ from ignite.metrics import Metric
 from monai.engines import SupervisedEvaluator
 from monai.handlers import from_engine
 from monai.utils.enums import CommonKeys as Keys
-
-from monai_cnf.engines.trainer import bits_per_dim_from_log_prob
 
 __all__ = ["PSNRY", "SSIMY", "BitsPerDim", "FlowEvaluator", "MaxFScoreMetric"]
 
@@ -40,9 +38,15 @@ class FlowEvaluator(SupervisedEvaluator):
     """A :class:`~monai.engines.SupervisedEvaluator` for CNFs and factored baselines.
 
     Per iteration: ``"pred"`` = ``inferer(x, network)`` (use :class:`~monai_cnf.engines.SampleInferer` for the mean
-    of N samples; a dict result also adds e.g. ``"std"``), ``"bpd"`` = ``-log p(y|x) / (D ln 2)`` per image
-    (``D`` = elements of the label as fed to the model, i.e. after padding), and any of ``extra_keys`` present
-    in the batch (e.g. ``"mask"``).
+    of N samples; a dict result also adds e.g. ``"std"``), ``"bpd"`` = ``network.bits_per_dim(y, x, mask=mask)``
+    per image, and any of ``extra_keys`` present in the batch (e.g. ``"mask"``).
+
+    What ``"bpd"`` counts: bits per **real** label element, i.e. those inside the batch's ``mask_key`` (DRIVE's FOV
+    mask, padded with zeros along with the label, so padding never counts); without a mask, every element of the
+    label as fed to the model. Exact for a factored model, a conservative bound for a CNF (see
+    :func:`monai_cnf.metrics.bits_per_dim`). With ``paper_spatial_size`` the evaluator also reports
+    ``"bpd_paper"``, the paper's protocol: the label and image zero-padded (centred) to that size and every element
+    counted (1024x1024 for DRIVE).
 
     Args:
         device: evaluation device.
@@ -50,6 +54,10 @@ class FlowEvaluator(SupervisedEvaluator):
         network: the model (``log_prob`` and ``sample``).
         compute_bpd: compute ``"bpd"``. Defaults to True.
         extra_keys: batch keys copied to the output. Defaults to ``("mask",)``.
+        mask_key: batch key of the real-pixel mask for ``"bpd"``; None counts every label element.
+            Defaults to ``"mask"``.
+        paper_spatial_size: also compute ``"bpd_paper"`` over the label zero-padded to this size (e.g.
+            ``(1024, 1024)``); None skips it. Defaults to None.
         kwargs: any other :class:`~monai.engines.SupervisedEvaluator` argument (``inferer``, ``key_val_metric``,
             ``additional_metrics``, ``val_handlers``, ``postprocessing``, ``epoch_length``, ...).
 
@@ -65,11 +73,15 @@ class FlowEvaluator(SupervisedEvaluator):
         network: torch.nn.Module,
         compute_bpd: bool = True,
         extra_keys: Sequence[str] = ("mask",),
+        mask_key: str | None = "mask",
+        paper_spatial_size: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(device=torch.device(device), val_data_loader=val_data_loader, network=network, **kwargs)
         self.compute_bpd = bool(compute_bpd)
         self.extra_keys = tuple(extra_keys)
+        self.mask_key = mask_key
+        self.paper_spatial_size = None if paper_spatial_size is None else tuple(int(s) for s in paper_spatial_size)
 
     def _iteration(self, engine: FlowEvaluator, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
         if batchdata is None:
@@ -87,9 +99,17 @@ class FlowEvaluator(SupervisedEvaluator):
                 engine.state.output.update({k: v for k, v in pred.items() if k != "pred"})
                 pred = pred["pred"]
             engine.state.output[Keys.PRED] = pred
-            if engine.compute_bpd and targets is not None and hasattr(engine.network, "log_prob"):
-                log_prob = engine.network.log_prob(targets, inputs).float()
-                engine.state.output["bpd"] = bits_per_dim_from_log_prob(log_prob, targets)
+            if engine.compute_bpd and targets is not None:
+                mask = batchdata.get(engine.mask_key) if engine.mask_key and isinstance(batchdata, dict) else None
+                mask = None if mask is None else torch.as_tensor(mask).to(engine.state.device)
+                with torch.no_grad():
+                    engine.state.output["bpd"] = engine.network.bits_per_dim(targets, inputs, mask=mask).float()
+                    if engine.paper_spatial_size is not None:
+                        y, x = (
+                            _centre_pad(targets, engine.paper_spatial_size),
+                            _centre_pad(inputs, engine.paper_spatial_size),
+                        )
+                        engine.state.output["bpd_paper"] = engine.network.bits_per_dim(y, x).float()
         for key in engine.extra_keys:
             if isinstance(batchdata, dict) and key in batchdata:
                 value = batchdata[key]
@@ -97,12 +117,28 @@ class FlowEvaluator(SupervisedEvaluator):
         return engine.state.output
 
 
+def _centre_pad(t: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
+    """Zero-pad ``(B, C, *spatial)`` to ``spatial_size``, centred as MONAI's ``SpatialPad(method="symmetric")``."""
+    if len(spatial_size) != t.ndim - 2 or any(s < n for s, n in zip(spatial_size, t.shape[2:], strict=True)):
+        raise ValueError(
+            f"`paper_spatial_size` {tuple(spatial_size)} must be one size per spatial dim, each >= the image's "
+            f"{tuple(t.shape[2:])}."
+        )
+    pad: list[int] = []
+    for s, n in reversed(list(zip(spatial_size, t.shape[2:], strict=True))):
+        pad += [(s - n) // 2, s - n - (s - n) // 2]
+    out = torch.nn.functional.pad(t.as_tensor() if hasattr(t, "as_tensor") else t, pad)
+    return out
+
+
 class BitsPerDim(Metric):
     """Mean bits/dim over all evaluated images (reads ``"bpd"``, one value per image).
 
+    Each image's value is its own bits per real element (see :class:`FlowEvaluator`), averaged over images.
+
     Args:
         output_transform: maps the engine output to the per-image bpd values. Defaults to
-            ``from_engine(["bpd"])``.
+            ``from_engine(["bpd"])``; use ``from_engine(["bpd_paper"])`` for the paper's protocol.
     """
 
     def __init__(self, output_transform: Callable = from_engine(["bpd"]), device: Any = "cpu") -> None:

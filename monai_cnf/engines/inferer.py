@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from monai.inferers import Inferer, sliding_window_inference
+from monai.inferers import Inferer
 
-__all__ = ["SampleInferer", "sliding_window_settings"]
+__all__ = ["SampleInferer", "sliding_window_settings", "window_tiles"]
 
 
 class SampleInferer(Inferer):
@@ -21,12 +22,12 @@ class SampleInferer(Inferer):
     unless ``return_samples`` is set. For binary labels the mean is the per-pixel vessel frequency; for 8-bit
     targets it is the mean intensity in [0, 255].
 
-    For images larger than ``roi_size`` the sampling runs window by window through MONAI's
-    :func:`~monai.inferers.sliding_window_inference` (mean and second moment are blended across overlapping
-    windows, so ``std`` stays consistent). Stitched samples are per-window samples blended where windows overlap and,
-    when the windows' samples are integers (binary labels, 8-bit levels), rounded back to them: in an overlap a pixel
-    takes the blending-weighted vote of the windows, so binary samples stay exactly {0, 1}; the mean and std are then
-    the blended window moments, not the moments of the stitched samples. ``roi_size`` must be divisible by
+    For images larger than ``roi_size`` the sampling runs window by window (for images too large for memory; a
+    model that is the same at every size, see DESIGN.md, should sample whole images). Windowed samples are an
+    **approximation** of samples of the whole image: every output pixel takes its value from exactly one window's
+    sample (the window whose centre is nearest, see :func:`window_tiles`), never from an average of windows, so
+    each pixel's marginal is the model's marginal given that window, but pixels of different tiles are drawn
+    independently. The mean and std are the moments of these stitched samples. ``roi_size`` must be divisible by
     ``2**num_levels``.
 
     Args:
@@ -37,8 +38,8 @@ class SampleInferer(Inferer):
         return_samples: also return the ``(S, B, C, *spatial)`` samples. Defaults to False.
         roi_size: sliding-window size; None runs on the whole image. Defaults to None.
         sw_batch_size: windows per sliding-window batch. Defaults to 1.
-        overlap: sliding-window overlap. Defaults to 0.25.
-        mode: sliding-window blending, ``"constant"`` or ``"gaussian"``. Defaults to ``"gaussian"``.
+        overlap: sliding-window overlap (windows overlap so that each tile is seen with context around it).
+            Defaults to 0.25.
         generator: optional ``torch.Generator`` passed to ``sample`` when it accepts one. Defaults to None.
         exact_mean: for a factored Bernoulli model (one with ``probabilities(x)``) at temperature 1, return the
             exact expectation ``p`` and std ``sqrt(p (1 - p))`` of its samples instead of Monte-Carlo estimates
@@ -67,7 +68,6 @@ class SampleInferer(Inferer):
         roi_size: Sequence[int] | int | None = None,
         sw_batch_size: int = 1,
         overlap: float = 0.25,
-        mode: str = "gaussian",
         generator: torch.Generator | None = None,
         exact_mean: bool = True,
     ) -> None:
@@ -86,7 +86,6 @@ class SampleInferer(Inferer):
         self.roi_size = roi_size
         self.sw_batch_size = int(sw_batch_size)
         self.overlap = float(overlap)
-        self.mode = mode
         self.generator = generator
         self.exact_mean = bool(exact_mean)
 
@@ -149,35 +148,84 @@ class SampleInferer(Inferer):
         return out
 
     def _sliding(self, inputs: torch.Tensor, network: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        integral = True  # are the window samples integers (binary labels, 8-bit levels)?
+        """Sample window by window; every output pixel takes its values from exactly one window (see ``tiles``).
 
-        def predictor(window: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            nonlocal integral
-            mean, second, samples = self._moments(window, network)
-            if samples is None:
-                return mean, second
-            integral = integral and bool(torch.equal(samples, samples.round()))
-            # fold samples into channels so MONAI can stitch them like any other output
-            s, b = samples.shape[:2]
-            return mean, second, samples.transpose(0, 1).reshape(b, s * samples.shape[2], *samples.shape[3:])
+        MONAI's ``sliding_window_inference`` blends overlapping windows, which is right for a mean but wrong for a
+        sample: an average of samples is not a sample, and rounding it back to labels biases the marginals in the
+        overlaps (a binary pixel seen by two windows became 1 only if both said so). So the windows are cut into
+        disjoint tiles, each pixel given to the window whose centre is nearest, and each tile is copied whole from
+        its window's sample (its mean and second moment likewise, so ``pred`` stays the mean of the samples).
+        """
+        spatial = tuple(inputs.shape[2:])
+        roi = _window_size(self.roi_size, spatial)
+        windows = window_tiles(spatial, roi, self.overlap)
+        mean = second = samples = None
+        for first in range(0, len(windows), self.sw_batch_size):
+            group = windows[first : first + self.sw_batch_size]
+            crops = torch.cat([inputs[(slice(None), slice(None), *w)] for w, _ in group], dim=0)
+            m, sq, s = self._moments(crops, network)
+            m, sq = _plain(m), _plain(sq)
+            s = None if s is None else _plain(s)
+            if mean is None:  # allocate at the output's (target) size: scale = window output / window input
+                scale = m.shape[2] // crops.shape[2]
+                mean = m.new_zeros((inputs.shape[0], m.shape[1], *(n * scale for n in spatial)))
+                second = torch.zeros_like(mean)
+                if s is not None:
+                    samples = s.new_zeros((s.shape[0], *mean.shape))
+            b = inputs.shape[0]
+            for i, (window, tile) in enumerate(group):
+                own = tuple(slice(t.start - w.start, t.stop - w.start) for w, t in zip(window, tile, strict=True))
+                out = (slice(None), slice(None), *(slice(t.start * scale, t.stop * scale) for t in tile))
+                src = (slice(i * b, (i + 1) * b), slice(None), *(slice(o.start * scale, o.stop * scale) for o in own))
+                mean[out] = m[src]
+                second[out] = sq[src]
+                if samples is not None and s is not None:
+                    samples[(slice(None), *out)] = s[(slice(None), *src)]
+        return mean, second, samples  # type: ignore[return-value]
 
-        outputs = sliding_window_inference(
-            inputs,
-            roi_size=self.roi_size,
-            sw_batch_size=self.sw_batch_size,
-            predictor=predictor,
-            overlap=self.overlap,
-            mode=self.mode,
+
+def _window_size(roi_size: Sequence[int] | int, spatial: Sequence[int]) -> tuple[int, ...]:
+    roi = [int(roi_size)] * len(spatial) if isinstance(roi_size, int) else [int(r) for r in roi_size]
+    if len(roi) != len(spatial) or any(r < 1 for r in roi):
+        raise ValueError(f"`roi_size` {roi_size} must give one positive size per spatial dim of {tuple(spatial)}.")
+    return tuple(min(r, n) for r, n in zip(roi, spatial, strict=True))
+
+
+def _starts(size: int, roi: int, overlap: float) -> list[int]:
+    """Window starts along one axis: stride ``roi * (1 - overlap)``, the last window flush with the end."""
+    if roi >= size:
+        return [0]
+    stride = max(1, int(roi * (1.0 - overlap)))
+    starts = list(range(0, size - roi, stride))
+    return [*starts, size - roi]
+
+
+def window_tiles(
+    spatial: Sequence[int], roi_size: Sequence[int], overlap: float = 0.25
+) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """Sliding windows over ``spatial`` and the disjoint tile each one owns, as ``(window, tile)`` slice tuples.
+
+    Windows are placed as MONAI's ``sliding_window_inference`` places them (stride ``roi * (1 - overlap)``, the last
+    one flush with the end). Along each axis a pixel belongs to the window whose centre is nearest (ties go to
+    the earlier window); since that window is at least as close as any window covering the pixel, it covers it
+    too. So the tiles partition the image and each tile lies inside its window.
+
+    Example:
+        >>> [(w[0].start, w[0].stop, t[0].start, t[0].stop) for w, t in window_tiles([10], [6], overlap=0.5)]
+        [(0, 6, 0, 5), (3, 9, 5, 7), (4, 10, 7, 10)]
+    """
+    if not 0.0 <= float(overlap) < 1.0:
+        raise ValueError(f"`overlap` must be in [0, 1), got {overlap}.")
+    per_axis = []
+    for size, roi in zip(spatial, roi_size, strict=True):
+        starts = _starts(int(size), int(roi), float(overlap))
+        centres = [st + (roi - 1) / 2 for st in starts]
+        # pixel i goes to window k iff it is nearest centre k (ties to the lower k): cut halfway between centres
+        cuts = [0] + [int((a + b) // 2) + 1 for a, b in itertools.pairwise(centres)] + [int(size)]
+        per_axis.append(
+            [(slice(st, st + roi), slice(cuts[k], cuts[k + 1])) for k, st in enumerate(starts) if cuts[k + 1] > cuts[k]]
         )
-        mean, second = outputs[0], outputs[1]
-        samples = None
-        if len(outputs) > 2:
-            stitched = outputs[2]
-            b, c = stitched.shape[0], mean.shape[1]
-            samples = stitched.reshape(b, -1, c, *stitched.shape[2:]).transpose(0, 1)
-            if integral:  # blending made overlaps fractional: a weighted vote keeps samples on the data's levels
-                samples = samples.round()
-        return _plain(mean), _plain(second), None if samples is None else _plain(samples)
+    return [(tuple(a[0] for a in combo), tuple(a[1] for a in combo)) for combo in itertools.product(*per_axis)]
 
 
 def _bernoulli_probabilities(network: Any) -> bool:

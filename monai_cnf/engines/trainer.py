@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -33,8 +32,9 @@ def bits_per_dim_from_log_prob(log_prob: torch.Tensor, target: torch.Tensor) -> 
         >>> bits_per_dim_from_log_prob(torch.tensor([-4 * math.log(2.0)]), torch.zeros(1, 1, 2, 2))
         tensor([1.])
     """
-    dims = target[0].numel()
-    return -log_prob.float() / (dims * math.log(2.0))
+    from monai_cnf.metrics.likelihood import bits_per_dim  # the one definition
+
+    return bits_per_dim(log_prob.float(), target[0].numel(), allow_nan=True)  # the trainer names a NaN loss itself
 
 
 def _init_flags(network: torch.nn.Module) -> list[torch.Tensor]:

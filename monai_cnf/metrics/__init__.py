@@ -1,6 +1,6 @@
 """Numbers people compare, each defined once with its exact definition in the docstring.
 
-- :mod:`~monai_cnf.metrics.likelihood`: :func:`bits_per_dim`.
+- :mod:`~monai_cnf.metrics.likelihood`: :func:`bits_per_dim`, :func:`real_dims`.
 - :mod:`~monai_cnf.metrics.segmentation`: pooled :func:`pr_curve`, :func:`max_f_score`,
   :func:`sample_precision_recall`, :func:`binary_precision_recall` (DRIVE, inside the FOV).
 - :mod:`~monai_cnf.metrics.calibration`: :func:`reliability_bins`, :func:`expected_calibration_error`,
@@ -24,7 +24,7 @@ from monai_cnf.metrics.calibration import (
     sample_set_metrics,
 )
 from monai_cnf.metrics.image import psnr_rgb, psnr_y, rgb_to_y, ssim_rgb, ssim_y
-from monai_cnf.metrics.likelihood import bits_per_dim
+from monai_cnf.metrics.likelihood import bits_per_dim, real_dims
 from monai_cnf.metrics.segmentation import (
     MaxFScore,
     binary_precision_recall,
@@ -46,6 +46,7 @@ __all__ = [
     "pr_curve",
     "psnr_rgb",
     "psnr_y",
+    "real_dims",
     "reliability_bins",
     "rgb_to_y",
     "sample_precision_recall",

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from monai_cnf.losses.functional import discretized_logistic_log_likelihood, weighted_bernoulli_log_likelihood
+from monai_cnf.metrics.likelihood import bits_per_dim, real_dims
 from monai_cnf.networks.cnf import build_conditioner, check_condition_image, check_target
 from monai_cnf.networks.conditioners.subnets import get_conv_type, zero_init_
 
@@ -32,17 +33,19 @@ class FactoredBaseline(nn.Module):
 
     Likelihoods (per pixel, summed over all ``D`` elements):
 
-    * ``"bernoulli"`` (binary ``y``): :math:`p = \sigma(l)`; with ``beta`` the normalised weighted Bernoulli of the
-      paper's Eq. 9, :math:`P(y) = p^{\beta y}(1-p)^{(1-\beta)(1-y)} / (p^\beta + (1-p)^{1-\beta})`, i.e. a
-      Bernoulli with logit :math:`\beta\log p - (1-\beta)\log(1-p)`; without ``beta`` the plain Bernoulli.
+    * ``"bernoulli"`` (binary ``y``): the soft image :math:`p = \sigma(l)`. Samples are independent Bernoullis of
+      ``p``, as the paper samples its factored baseline (:meth:`probabilities` returns ``p``). The likelihood
+      (:meth:`log_prob`, bits/dim) is, with ``beta``, the normalised weighted Bernoulli of the paper's Eq. 9,
+      :math:`P(y) = p^{\beta y}(1-p)^{(1-\beta)(1-y)} / (p^\beta + (1-p)^{1-\beta})`, the distribution the
+      network was trained to fit; without ``beta`` the plain Bernoulli (then both choices agree).
       :meth:`head` returns the logits ``l`` (train with ``WeightedBernoulliLoss(beta, normalize=False)``).
     * ``"logistic"`` (8-bit ``y``): discretized logistic with 256 bins (edge bins absorb the tails);
       :meth:`head` returns ``(mean, log_scale)`` in grey levels (``log_scale`` starts at ``log 8``). With
       ``residual`` (and ``in_channels == out_channels``) the mean is ``255 * upsample(x) + 127.5 * r`` (the head
       learns a correction of the interpolated image), else ``127.5 + 127.5 * r``.
 
-    :meth:`sample` draws independent pixels; :meth:`forward` returns the per-pixel mode (Bernoulli: the map
-    thresholded at model probability 0.5; logistic: the most probable grey level, exactly, edge bins included).
+    :meth:`sample` draws independent pixels; :meth:`forward` returns the per-pixel mode of those samples (Bernoulli:
+    the soft image thresholded at 0.5; logistic: the most probable grey level, exactly, edge bins included).
 
     Args:
         spatial_dims: 2 or 3.
@@ -163,24 +166,18 @@ class FactoredBaseline(nn.Module):
             return 255.0 * base + 127.5 * raw_mean, log_scale
         return 127.5 + 127.5 * raw_mean, log_scale
 
-    def _model_logits(self, logits: Tensor) -> Tensor:
-        """Logit of the model's ``P(y = 1 | x)``: ``l`` (plain) or ``beta log p - (1 - beta) log(1 - p)`` (Eq. 9)."""
-        if self.beta is None:
-            return logits
-        return self.beta * F.logsigmoid(logits) - (1.0 - self.beta) * F.logsigmoid(-logits)
-
     def probabilities(self, x: Tensor) -> Tensor:
-        """Bernoulli only: the soft map ``P(y = 1 | x)`` of the model whose likelihood :meth:`log_prob` reports.
-
-        Without ``beta`` this is ``sigmoid(head(x))``; with ``beta`` it is the normalised Eq. 9 probability, a
-        monotone function of ``sigmoid(head(x))`` (same ranking, hence the same PR curve).
-        """
+        """Bernoulli only: the soft image ``sigmoid(head(x))`` ``(B, out_channels, *spatial)``, whose independent
+        Bernoullis are the model's samples at temperature 1 (so it is their exact mean)."""
         if self.likelihood != "bernoulli":
             raise ValueError("`probabilities` is defined for likelihood='bernoulli' only; use `head` for logistic.")
-        return torch.sigmoid(self._model_logits(self.head(x)))  # type: ignore[arg-type]
+        return torch.sigmoid(self.head(x))  # type: ignore[arg-type]
 
-    def log_prob(self, y: Tensor, x: Tensor, num_samples: int = 1) -> Tensor:
-        """Exact ``log p(y | x)`` in nats, shape ``(B,)`` (``num_samples`` is accepted for API parity, unused)."""
+    def log_prob(self, y: Tensor, x: Tensor, num_samples: int = 1, mask: Tensor | None = None) -> Tensor:
+        """Exact ``log p(y | x)`` in nats, shape ``(B,)``: the sum over pixels (inside ``mask`` when given).
+
+        Bernoulli with ``beta``: Eq. 9 with its normaliser. ``num_samples`` is accepted for API parity, unused.
+        """
         kind = "binary" if self.likelihood == "bernoulli" else "uniform"
         check_target(y, x, self.out_channels, self.divisor, self.scale, kind, self.num_bins)
         params = self.head(x)
@@ -189,11 +186,17 @@ class FactoredBaseline(nn.Module):
         else:
             mean, log_scale = params  # type: ignore[misc]
             ll = discretized_logistic_log_likelihood(y, mean, log_scale, num_bins=self.num_bins)
+        if mask is not None:
+            real_dims(y, mask)  # checks the mask's shape
+            ll = ll * (mask > 0.5).expand_as(ll).to(ll.dtype)
         return ll.flatten(1).sum(1)
 
-    def bits_per_dim(self, y: Tensor, x: Tensor, num_samples: int = 1) -> Tensor:
-        """``-log_prob(y, x) / (D ln 2)``, ``D`` the number of elements of one ``y``; shape ``(B,)``."""
-        return -self.log_prob(y, x) / (y[0].numel() * math.log(2.0))
+    def bits_per_dim(self, y: Tensor, x: Tensor, num_samples: int = 1, mask: Tensor | None = None) -> Tensor:
+        """Bits per real label element, ``-log p(y[mask] | x) / (D ln 2)``, exact; shape ``(B,)``.
+
+        ``D`` counts the elements inside ``mask`` (all without one; :func:`monai_cnf.metrics.real_dims`).
+        """
+        return bits_per_dim(self.log_prob(y, x, mask=mask), real_dims(y, mask))
 
     @torch.no_grad()
     def sample(
@@ -201,7 +204,8 @@ class FactoredBaseline(nn.Module):
     ) -> Tensor:
         """Independent per-pixel samples ``(S, B, out_channels, *target_spatial)``.
 
-        Temperature ``tau`` divides the Bernoulli logit (``P(y=1) = sigmoid(logit / tau)``) and multiplies the
+        Temperature ``tau`` divides the Bernoulli logit (``P(y=1) = sigmoid(l / tau)``, the soft image at ``tau = 1``,
+        not the Eq. 9 probability of :meth:`log_prob`) and multiplies the
         logistic scale; ``tau = 1`` samples the model itself and ``tau = 0`` returns the mode (:meth:`forward`).
         Bernoulli samples are exactly {0, 1}; logistic samples are the continuous logistic rounded to the nearest
         integer and clamped to [0, 255], which is exactly the discretized logistic.
@@ -215,7 +219,7 @@ class FactoredBaseline(nn.Module):
             return mode.unsqueeze(0).expand(int(num_samples), *mode.shape).clone()
         params = self.head(x)
         if self.likelihood == "bernoulli":
-            p = torch.sigmoid(self._model_logits(params) / temperature)  # type: ignore[operator]
+            p = torch.sigmoid(params / temperature)  # type: ignore[operator]
             p = p.unsqueeze(0).expand(int(num_samples), *p.shape)
             return torch.bernoulli(p, generator=generator)
         mean, log_scale = params  # type: ignore[misc]
@@ -228,12 +232,13 @@ class FactoredBaseline(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Per-pixel mode ``(B, out_channels, *target_spatial)`` (deterministic; for MONAI inferers).
 
-        Bernoulli: ``P(y = 1 | x) > 0.5``. Logistic: the most probable of the bins 0, 255 and the one nearest the
-        mean (a symmetric unimodal density gives the interior bin nearest its centre the most mass), exactly.
+        Bernoulli: ``sigmoid(l) > 0.5``, the mode of :meth:`sample`. Logistic: the most probable of the bins 0, 255
+        and the one nearest the mean (a symmetric unimodal density gives the interior bin nearest its centre the
+        most mass), exactly.
         """
         params = self.head(x)
         if self.likelihood == "bernoulli":
-            return (self._model_logits(params) > 0).to(params.dtype)  # type: ignore[operator, union-attr]
+            return (params > 0).to(params.dtype)  # type: ignore[operator, union-attr]
         mean, log_scale = params  # type: ignore[misc]
         candidates = torch.stack(
             [torch.round(mean).clamp(0, self.num_bins - 1), torch.zeros_like(mean), torch.full_like(mean, 255.0)]

@@ -38,6 +38,11 @@ class TinyFlow(torch.nn.Module):
         ll = -0.5 * z**2 - self.log_s - 0.5 * math.log(2 * math.pi)
         return ll.flatten(1).sum(1)
 
+    def bits_per_dim(self, y: torch.Tensor, x: torch.Tensor, num_samples: int = 1, mask=None) -> torch.Tensor:
+        from monai_cnf.metrics import bits_per_dim, real_dims
+
+        return bits_per_dim(self.log_prob(y, x), real_dims(y, mask))
+
     def sample(self, x: torch.Tensor, num_samples: int = 1, temperature: float = 1.0) -> torch.Tensor:
         mu = self.mu(x)
         return mu.unsqueeze(0) + temperature * self.log_s.exp() * torch.randn(num_samples, *mu.shape)

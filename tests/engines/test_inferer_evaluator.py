@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from monai.handlers import from_engine
 from torch.utils.data import DataLoader
 
 from monai_cnf.engines import BitsPerDim, FlowEvaluator, SampleInferer
+from monai_cnf.engines.inferer import window_tiles
 
 
 class _Counter(torch.nn.Module):
@@ -56,37 +58,67 @@ def test_sliding_window_matches_whole_image_and_bounds_windows() -> None:
             return super().sample(x, num_samples, temperature)
 
     x = torch.rand(1, 1, 16, 12) + 0.5
-    whole = SampleInferer(num_samples=6, chunk_size=6, return_std=True)(x, _PerCall())
+    whole = SampleInferer(num_samples=6, chunk_size=6, return_std=True, return_samples=True)(x, _PerCall())
     net = _PerCall()
-    win = SampleInferer(num_samples=6, chunk_size=6, return_std=True, roi_size=(8, 8), overlap=0.5, mode="gaussian")(
-        x, net
-    )
+    win = SampleInferer(
+        num_samples=6, chunk_size=6, return_std=True, return_samples=True, roi_size=(8, 8), overlap=0.5
+    )(x, net)
     assert max(c[2][2] for c in net.calls) <= 8 and max(c[2][3] for c in net.calls) <= 8  # windows, not the image
     assert len(net.calls) > 1
     k = torch.arange(6.0)
     assert torch.allclose(whole["pred"], x * k.mean(), rtol=1e-5)
-    assert torch.allclose(win["pred"], whole["pred"], rtol=1e-4)
+    assert torch.allclose(win["pred"], whole["pred"], rtol=1e-5)
     assert torch.allclose(win["std"], whole["std"], rtol=1e-4)
+    # a pixelwise model's stitched samples are its whole-image samples, exactly (nothing blended)
+    assert torch.equal(win["samples"], whole["samples"])
 
 
-def test_sliding_window_binary_samples_stay_binary() -> None:
-    class _Coin(torch.nn.Module):  # independent fair coins: windows disagree in their overlaps
+def test_window_tiles_partition_the_image_inside_their_windows() -> None:
+    for spatial, roi, overlap in [
+        ((168, 168), (96, 96), 0.25),
+        ((584, 568), (96, 96), 0.5),
+        ((10, 7, 9), (4, 4, 9), 0.3),
+    ]:
+        owner = torch.zeros(spatial, dtype=torch.int64)
+        for window, tile in window_tiles(spatial, roi, overlap):
+            assert all(w.start <= t.start < t.stop <= w.stop for w, t in zip(window, tile, strict=False))
+            assert all(w.stop - w.start == min(r, n) for w, r, n in zip(window, roi, spatial, strict=False))
+            owner[tile] += 1
+        assert torch.equal(owner, torch.ones_like(owner))  # every pixel in exactly one tile
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_windowed_binary_samples_keep_every_marginal(p: float) -> None:
+    """Independent Bernoulli(p) coins per window: every stitched pixel, seams included, must stay Bernoulli(p).
+
+    Blending the windows' samples and rounding (the former stitching) made the 4-way overlap of a 168x168 image
+    in 96-pixel windows 1 with probability 0.004 for p = 0.1; here every pixel is checked within binomial error.
+    """
+
+    class _Coins(torch.nn.Module):
         def sample(self, x, num_samples=1, temperature=1.0):
-            return (torch.rand(num_samples, *x.shape) < 0.5).to(x.dtype)
+            return (torch.rand(num_samples, *x.shape) < p).to(x.dtype)
 
-    class _Ones(torch.nn.Module):  # every window agrees: the stitched samples are exactly the windows' ones
-        def sample(self, x, num_samples=1, temperature=1.0):
-            return torch.ones(num_samples, *x.shape, dtype=x.dtype)
-
-    x = torch.zeros(2, 1, 16, 12)
-    inferer = SampleInferer(num_samples=5, chunk_size=2, return_samples=True, roi_size=(8, 8), overlap=0.5)
+    n = 400
     torch.manual_seed(0)
-    samples = inferer(x, _Coin())["samples"]
-    assert samples.shape == (5, 2, 1, 16, 12) and set(samples.unique().tolist()) == {0.0, 1.0}
-    assert 0.3 < samples.mean().item() < 0.7
-    assert torch.equal(inferer(x, _Ones())["samples"], torch.ones(5, 2, 1, 16, 12))
-    out = inferer(x + 0.5, _Counter())["samples"]  # non-integer samples are blended, not rounded
-    assert not torch.equal(out, out.round())
+    inferer = SampleInferer(num_samples=n, chunk_size=100, return_samples=True, roi_size=(96, 96), overlap=0.25)
+    out = inferer(torch.zeros(1, 1, 168, 168), _Coins())
+    samples = out["samples"]
+    assert samples.shape == (n, 1, 1, 168, 168) and set(samples.unique().tolist()) <= {0.0, 1.0}
+    marginal = samples.mean(0)[0, 0]
+    sd = math.sqrt(p * (1 - p) / n)
+    assert (marginal - p).abs().max() < 6 * sd  # 28,224 pixels: 6 sd leaves ~1e-4 chance of a false alarm
+    seams = marginal[60:108, 60:108]  # where the windows overlap (72..95) and around it
+    assert abs(seams.mean().item() - p) < 6 * sd / math.sqrt(seams.numel())
+    assert torch.allclose(out["pred"], samples.mean(0))  # the mean is the mean of the stitched samples
+
+
+def test_windowed_samples_are_not_blended() -> None:
+    x = torch.rand(2, 1, 16, 12) + 0.5
+    out = SampleInferer(num_samples=3, return_samples=True, roi_size=(8, 8), overlap=0.5)(x, _Counter())["samples"]
+    # _Counter's k-th call returns k * x: every stitched value is some window's k times x, never an average
+    ratio = out / x.unsqueeze(0)
+    assert torch.allclose(ratio, ratio.round(), atol=1e-4)
 
 
 def test_metatensor_in_metatensor_out() -> None:
@@ -184,3 +216,44 @@ class _TinyStandIn(torch.nn.Module):
 
     def log_prob(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return -((y - self.b) ** 2).flatten(1).sum(1)
+
+
+def test_evaluator_bits_per_real_pixel_and_paper_protocol() -> None:
+    """``bpd`` counts the real (in-mask) pixels, exactly for a factored model; ``bpd_paper`` pads and counts all."""
+    from monai_cnf.networks import FactoredBaseline
+
+    torch.manual_seed(0)
+    net = FactoredBaseline(
+        2, 3, 1, num_levels=2, beta=0.9, hidden_channels=8, conditioner_kwargs={"feature_channels": 4}
+    )
+    with torch.no_grad():
+        for p in net.out[-1].parameters():
+            p.normal_(0.0, 0.5)
+    net.eval()
+    x = torch.rand(2, 3, 8, 8)
+    y = (torch.rand(2, 1, 8, 8) > 0.7).float()
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[0, :, 1:7, 1:7] = 1  # a "FOV" of 36 pixels
+    mask[1, :, :, :5] = 1  # 40 pixels
+    data = [{"image": x[i], "label": y[i], "mask": mask[i]} for i in range(2)]
+    evaluator = FlowEvaluator(
+        "cpu",
+        DataLoader(data, batch_size=2),
+        net,
+        inferer=SampleInferer(num_samples=2, temperature=0.0),
+        key_val_metric={"bpd": BitsPerDim()},
+        additional_metrics={"bpd_paper": BitsPerDim(from_engine(["bpd_paper"]))},
+        paper_spatial_size=(16, 16),
+    )
+    evaluator.run()
+    with torch.no_grad():
+        per_pixel = torch.stack(
+            [net.log_prob(y, x, mask=m) for m in torch.eye(64).view(64, 1, 1, 8, 8).expand(64, 2, 1, 8, 8)]
+        )
+        inside = (per_pixel.T.reshape(2, 1, 8, 8) * mask).flatten(1).sum(1)
+        expected = (-inside / (torch.tensor([36.0, 40.0]) * math.log(2))).mean().item()
+        padded = net.log_prob(torch.nn.functional.pad(y, [4] * 4), torch.nn.functional.pad(x, [4] * 4))
+        paper = (-padded / (256 * math.log(2))).mean().item()
+    assert evaluator.state.metrics["bpd"] == pytest.approx(expected, rel=1e-5)
+    assert evaluator.state.metrics["bpd_paper"] == pytest.approx(paper, rel=1e-5)
+    assert evaluator.state.metrics["bpd_paper"] < evaluator.state.metrics["bpd"]  # padding is easy: diluted

@@ -45,9 +45,12 @@ def test_bernoulli_sums_to_one_over_all_16_labelings(beta: float | None) -> None
     x = torch.randn(1, 2, 2, 2, dtype=torch.float64).expand(16, -1, -1, -1)
     probs = model.log_prob(ys, x).exp()
     torch.testing.assert_close(probs.sum(), torch.tensor(1.0, dtype=torch.float64), rtol=0, atol=1e-12)
-    # the marginal P(y_j = 1) from the 16 labelings is the soft map `probabilities`
+    # the likelihood's marginal P(y_j = 1) from the 16 labelings is Eq. 9's (the plain Bernoulli's without beta)
     marginal = (probs.view(16, 1, 1, 1) * ys).sum(0)
-    torch.testing.assert_close(marginal, model.probabilities(x[:1])[0], rtol=0, atol=1e-12)
+    p = torch.sigmoid(model.head(x[:1]))[0]
+    b = 1.0 if beta is None else beta
+    eq9 = p**b / (p**b + (1 - p) ** (1 - b)) if beta is not None else p
+    torch.testing.assert_close(marginal, eq9, rtol=0, atol=1e-12)
 
 
 def test_bernoulli_log_prob_matches_independent_formulas() -> None:
@@ -185,3 +188,37 @@ def test_bad_input() -> None:
         logistic.log_prob(torch.rand(1, 3, 8, 8), x)
     with pytest.raises(ValueError, match="bernoulli"):
         logistic.probabilities(x)
+
+
+def test_bernoulli_samples_the_soft_image_and_log_prob_uses_eq9() -> None:
+    """The paper samples its factored baseline as independent Bernoullis of sigmoid(l); bits/dim use Eq. 9."""
+    beta = 0.9
+    model = _bernoulli(beta)
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        soft = torch.sigmoid(model.head(x))
+        torch.testing.assert_close(model.probabilities(x), soft)
+    s = model.sample(x, num_samples=20000, generator=torch.Generator().manual_seed(1))
+    assert float((s.mean(0) - soft).abs().max()) < 4 * 0.5 / math.sqrt(20000)
+    y = (torch.rand(1, 1, 4, 4, dtype=torch.float64) > 0.5).double()
+    eq9 = soft ** (beta * y) * (1 - soft) ** ((1 - beta) * (1 - y)) / (soft**beta + (1 - soft) ** (1 - beta))
+    torch.testing.assert_close(model.log_prob(y, x), eq9.log().flatten(1).sum(1))
+
+
+def test_masked_bits_per_dim_count_only_real_pixels() -> None:
+    model = _bernoulli(0.9)
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    y = (torch.rand(2, 1, 4, 4, dtype=torch.float64) > 0.5).double()
+    mask = torch.zeros(2, 1, 4, 4, dtype=torch.float64)
+    mask[0, :, :2] = 1  # 8 real pixels
+    mask[1, :, :, :1] = 1  # 4 real pixels
+    one_hot = torch.eye(16, dtype=torch.float64).view(16, 1, 1, 4, 4).expand(16, 2, 1, 4, 4)
+    per_pixel = torch.stack([model.log_prob(y, x, mask=m) for m in one_hot])  # (16, B): one pixel each
+    expected = (per_pixel.T.view(2, 1, 4, 4) * mask).flatten(1).sum(1)
+    torch.testing.assert_close(model.log_prob(y, x, mask=mask), expected)
+    torch.testing.assert_close(
+        model.bits_per_dim(y, x, mask=mask), -expected / (torch.tensor([8.0, 4.0]).double() * math.log(2))
+    )
+    torch.testing.assert_close(per_pixel.sum(0), model.log_prob(y, x))
+    with pytest.raises(ValueError, match="mask"):
+        model.bits_per_dim(y, x, mask=torch.ones(2, 1, 2, 2))
