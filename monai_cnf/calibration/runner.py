@@ -294,7 +294,6 @@ def segmentation_cases(
         check_model_name(name)
     if int(num_samples) < 1:
         raise ValueError(f"`num_samples` must be >= 1, got {num_samples}.")
-    from monai_cnf.metrics import bits_per_dim
 
     device = torch.device(device)
     pad = pad if pad is not None else _default_pad(models)
@@ -312,6 +311,7 @@ def segmentation_cases(
             else image[None].float().to(device)
         )
         y = torch.as_tensor(padded["label"])[None].float().to(device)
+        fov = torch.as_tensor(padded["mask"])[None].float().to(device) if "mask" in padded else None
         samples: dict[str, np.ndarray] = {}
         prob_maps: dict[str, np.ndarray] = {}
         bpd: dict[str, float] = {}
@@ -325,7 +325,8 @@ def segmentation_cases(
         for name, net in models.items():
             roi = roi_size.get(name) if isinstance(roi_size, Mapping) else roi_size
             with torch.no_grad():
-                bpd[name] = float(bits_per_dim(net.log_prob(y, x).double().cpu(), y[0].numel())[0])
+                # bits per real pixel: inside the (zero-padded) FOV mask, see monai_cnf.metrics.bits_per_dim
+                bpd[name] = float(net.bits_per_dim(y, x, mask=fov)[0])
                 if is_bernoulli_baseline(net):
                     soft = _windowed(net.probabilities, x, roi, overlap, sw_batch_size)
                     prob = _unpad(soft[0].float().cpu(), image, pad)  # (C, H, W)
@@ -413,7 +414,6 @@ def super_resolution_cases(
         seed: seed of the sampling generator. Defaults to 0.
         progress: a ``rich.progress.Progress``. Defaults to None.
     """
-    from monai_cnf.metrics import bits_per_dim
 
     if not models:
         raise ValueError("`models` must map at least one name to a network.")
@@ -434,7 +434,7 @@ def super_resolution_cases(
             progress.reset(t_samples, total=len(taus) * len(models))
         for name, net in models.items():
             with torch.no_grad():
-                bpd[name] = float(bits_per_dim(net.log_prob(y, x).double().cpu(), y[0].numel())[0])
+                bpd[name] = float(net.bits_per_dim(y, x)[0])
                 preds[name] = {}
                 for tau in taus:
                     s = draw_samples(net, x, 1, tau, 1, generator if tau > 0 else None, dtype=torch.float32)

@@ -18,7 +18,7 @@ from monai_cnf.calibration.runner import (
     is_bernoulli_baseline,
     segmentation_cases,
 )
-from monai_cnf.metrics import psnr_y
+from monai_cnf.metrics import bits_per_dim, psnr_y, real_dims
 from monai_cnf.networks import ConditionalNormalizingFlow
 
 
@@ -57,6 +57,9 @@ class _Recorder(torch.nn.Module):
     def log_prob(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return -torch.full((x.shape[0],), float(y[0].numel()) * math.log(2.0))  # exactly 1 bit/dim
 
+    def bits_per_dim(self, y: torch.Tensor, x: torch.Tensor, num_samples: int = 1, mask=None) -> torch.Tensor:
+        return bits_per_dim(self.log_prob(y, x), y[0].numel())  # 1 bit per element, inside the mask or not
+
 
 class _Soft(torch.nn.Module):
     """A factored Bernoulli model whose soft map is the first input channel."""
@@ -72,9 +75,13 @@ class _Soft(torch.nn.Module):
     ) -> torch.Tensor:
         raise AssertionError("a factored Bernoulli model is sampled from its soft map, not with sample()")
 
-    def log_prob(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, y: torch.Tensor, x: torch.Tensor, mask=None) -> torch.Tensor:
         p = self.probabilities(x).clamp(1e-6, 1 - 1e-6)
-        return (y * p.log() + (1 - y) * (1 - p).log()).flatten(1).sum(1)
+        ll = y * p.log() + (1 - y) * (1 - p).log()
+        return (ll if mask is None else ll * (mask > 0.5)).flatten(1).sum(1)
+
+    def bits_per_dim(self, y: torch.Tensor, x: torch.Tensor, num_samples: int = 1, mask=None) -> torch.Tensor:
+        return bits_per_dim(self.log_prob(y, x, mask), real_dims(y, mask))
 
 
 def test_chunked_sampling_equals_unchunked() -> None:
@@ -136,11 +143,11 @@ def test_padding_is_undone_and_soft_maps_are_exact() -> None:
         assert fac.shape == (50, *first.shape) and fac.dtype == bool
         assert abs(float(fac.mean()) - float(first.mean())) < 0.03  # Bernoulli draws of the soft map
         assert case.bits_per_dim["cnf"] == pytest.approx(1.0)
-        padded = pad({k: item[k] for k in ("image", "label")})
-        p = padded["image"][:1].clamp(1e-6, 1 - 1e-6)
-        y = padded["label"]
-        expected = -float((y * p.log() + (1 - y) * (1 - p).log()).sum()) / (400 * math.log(2.0))
-        assert case.bits_per_dim["factored"] == pytest.approx(expected, rel=1e-5)  # D = padded label elements
+        # bits per real pixel: inside the FOV mask of the unpadded image, the padding never counts
+        p = item["image"][:1].clamp(1e-6, 1 - 1e-6)
+        y, fov = item["label"], item["mask"] > 0.5
+        expected = -float((y * p.log() + (1 - y) * (1 - p).log())[fov].sum()) / (int(fov.sum()) * math.log(2.0))
+        assert case.bits_per_dim["factored"] == pytest.approx(expected, rel=1e-5)
         assert [o.shape for o in case.observers] == [(1, *first.shape)] * 2 and case.mask is not None
 
 
@@ -166,6 +173,9 @@ class _Upsampler(torch.nn.Module):
 
     def log_prob(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return -torch.full((x.shape[0],), 3.0 * float(y[0].numel()) * math.log(2.0))
+
+    def bits_per_dim(self, y: torch.Tensor, x: torch.Tensor, num_samples: int = 1, mask=None) -> torch.Tensor:
+        return bits_per_dim(self.log_prob(y, x), real_dims(y, mask))
 
 
 def test_super_resolution_sweep(tmp_path: Path) -> None:

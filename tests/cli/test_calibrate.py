@@ -155,11 +155,12 @@ def test_calibrate_end_to_end(tmp_path: Path, store: tuple[str, mlflow.MlflowCli
         tp += np.sum(o2 & ref & fov)
         pred += np.sum(o2 & fov)
         pos += np.sum(ref & fov)
-        padded = DivisiblePadd(["image", "label"], k=4)({"image": d["image"], "label": d["label"]})
-        x, y = padded["image"][None].float(), padded["label"][None].float()
+        padded = DivisiblePadd(["image", "label", "mask"], k=4)({k: d[k] for k in ("image", "label", "mask")})
+        x, y, m = (padded[k][None].float() for k in ("image", "label", "mask"))
         assert tuple(y.shape[2:]) == (36, 36)
-        with torch.no_grad():
-            bpd += float(-fac_net.log_prob(y, x)[0]) / (y[0].numel() * math.log(2.0)) / len(datalist)
+        with torch.no_grad():  # bits per real pixel: the sum over the FOV (zero in the padding), over its size
+            nats = float(-fac_net.log_prob(y, x, mask=m)[0])
+            bpd += nats / (float((m > 0.5).sum()) * math.log(2.0)) / len(datalist)
     p, r = tp / pred, tp / pos
     assert metrics["observer2/f"] == pytest.approx(2 * p * r / (p + r), rel=1e-6)
     assert metrics["factored/bits_per_dim"] == pytest.approx(bpd, rel=1e-5)

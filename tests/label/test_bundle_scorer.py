@@ -80,7 +80,7 @@ def test_scorer_zero_at_temperature_zero_and_deterministic(bundle, tmp_path):
     first = scorer(image)
     assert 0.0 < first <= math.log(2)
     assert scorer(image) == first  # seeded sampling: the same weights give the same score
-    assert scorer._window["roi_size"] == [96, 96]  # the bundle's windows (the image is smaller: one window)
+    assert scorer._window["roi_size"] is None  # the bundle samples whole images
     _patch(bundle / "configs" / "inference.json", {"roi_size": [8, 8]})
     windowed = BundleUncertaintyScorer(bundle, num_samples=4, temperature=1.0, fov_threshold=None)
     score = windowed(image)

@@ -79,6 +79,59 @@ def test_every_parameter_feeds_an_output() -> None:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def _trained_like(net: VGGConditioner) -> VGGConditioner:
+    """Give BatchNorm non-trivial running statistics (as after training) and switch to inference."""
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.rand(4, 3, 32, 32) * 2 + 0.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_fixed_statistics_make_features_local(spatial_dims: int, norm: str) -> None:
+    """Changing the input far outside a pixel's receptive field leaves that pixel's features unchanged."""
+    net = VGGConditioner(spatial_dims, in_channels=3, num_levels=2, feature_channels=(4, 8), norm=norm)
+    net = _trained_like(net) if spatial_dims == 2 else net.eval()
+    size = 128 if spatial_dims == 2 else 64
+    x = torch.rand(1, 3, *[size] * spatial_dims)
+    far = x.clone()
+    far[(..., *[slice(size - 16, None)] * spatial_dims)] = (
+        torch.randn(*far[(..., *[slice(size - 16, None)] * spatial_dims)].shape) * 5
+    )
+    with torch.no_grad():
+        before, after = net(x), net(far)
+    for level, (a, b) in enumerate(zip(before, after, strict=True)):
+        near = (..., *[slice(0, (size // 2) // 2 ** (level + 1))] * spatial_dims)  # the near half of the image
+        torch.testing.assert_close(a[near], b[near], rtol=0, atol=0)
+        assert not torch.equal(a, b)  # the change is seen where it is
+
+
+def test_instance_norm_is_not_local() -> None:
+    """The paper's InstanceNorm normalises with the statistics of whatever it is given: no locality (documented)."""
+    net = VGGConditioner(2, in_channels=3, num_levels=2, feature_channels=(4, 8), norm="instance").eval()
+    x = torch.rand(1, 3, 128, 128)
+    far = x.clone()
+    far[..., 112:, 112:] = 5.0
+    with torch.no_grad():
+        assert not torch.allclose(net(x)[1][..., :16, :16], net(far)[1][..., :16, :16])
+
+
+def test_patch_features_equal_whole_image_features() -> None:
+    """One model at every size: a crop's features equal the whole image's, away from the crop's own borders."""
+    net = _trained_like(VGGConditioner(2, in_channels=3, num_levels=2, feature_channels=(4, 8), norm="batch"))
+    x = torch.rand(1, 3, 192, 160)
+    with torch.no_grad():
+        whole, crop = net(x), net(x[..., 64:160, 32:128])  # a 96x96 crop at a multiple of 4
+    for level, (w, c) in enumerate(zip(whole, crop, strict=True)):
+        f = 2 ** (level + 1)
+        m = 40 // f  # margin beyond the receptive field (< 40 pixels)
+        torch.testing.assert_close(
+            c[..., m : 96 // f - m, m : 96 // f - m], w[..., 64 // f + m : 160 // f - m, 32 // f + m : 128 // f - m]
+        )
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="feature_channels"):
         VGGConditioner(2, 3, num_levels=3, feature_channels=(32, 64))
@@ -91,3 +144,7 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="RandSpatialCropd"):
         VGGConditioner(2, 3, num_levels=2)(torch.zeros(1, 3, 4, 4))  # 1x1 at the deepest level
     assert len(VGGConditioner(2, 3, num_levels=2)(torch.zeros(1, 3, 8, 4))) == 2  # 2x1 at the deepest level: fine
+    with pytest.raises(ValueError, match="norm"):
+        VGGConditioner(2, 3, num_levels=2, norm="group")
+    # fixed statistics need no minimum size (MONAI's verify_net_in_out feeds a 4x4 image with 2 levels)
+    assert len(VGGConditioner(2, 3, num_levels=2, norm="batch").eval()(torch.zeros(1, 3, 4, 4))) == 2
