@@ -96,7 +96,7 @@ def test_train_writes_checkpoints_and_plain_model(trained_run: Path) -> None:
         num_levels=2,
         num_steps=1,
         hidden_channels=8,
-        conditioner_kwargs={"feature_channels": [4, 8]},
+        conditioner_kwargs={"feature_channels": [4, 8], "norm": "batch"},
         dequantizer_kwargs={"num_steps": 1, "hidden_channels": 8},
     )
     for name in ("model.pt", "model_final.pt"):
@@ -139,8 +139,11 @@ def test_evaluate_reports_metrics(trained_run: Path) -> None:
     wf.run()
     metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
     wf.finalize()
-    assert set(metrics) >= {"max_f", "bpd"}
+    assert set(metrics) >= {"max_f", "bpd", "bpd_paper"}
     assert 0.0 < metrics["max_f"] <= 1.0 and np.isfinite(metrics["bpd"]) and metrics["bpd"] > 0
+    # the paper's protocol pads the 66 x 62 label to 1024 x 1024 and counts every element: fewer bits/dim than the
+    # headline's bits per real (in-FOV) pixel of the same model (easy zeros dilute it, even for this 2-epoch model)
+    assert 0 < metrics["bpd_paper"] < metrics["bpd"]
     saved = dict(line.split(",") for line in (trained_run / "eval" / "test" / "metrics.csv").read_text().split())
     assert float(saved["max_f"]) == pytest.approx(metrics["max_f"])
 
