@@ -26,18 +26,29 @@ __all__ = [
     "EVAL_RUN_ID_FILE",
     "RUN_ID_FILE",
     "CNFMLFlowHandler",
+    "MLflowModelHandler",
+    "SamplingModel",
     "artifact_location_for",
     "default_tracking_uri",
     "flatten_config",
     "git_commit",
+    "log_sampling_model",
     "make_sample_grid",
     "read_run_id",
+    "registered_model_name",
     "resolve_tracking_uri",
     "sqlite_path",
     "write_run_id",
 ]
 
-_LAZY = {"CNFMLFlowHandler": "monai_cnf.tracking.handler", "make_sample_grid": "monai_cnf.tracking.handler"}
+_LAZY = {
+    "CNFMLFlowHandler": "monai_cnf.tracking.handler",
+    "make_sample_grid": "monai_cnf.tracking.handler",
+    "MLflowModelHandler": "monai_cnf.tracking.models",
+    "SamplingModel": "monai_cnf.tracking.models",
+    "log_sampling_model": "monai_cnf.tracking.models",
+    "registered_model_name": "monai_cnf.tracking.models",
+}
 
 
 def __getattr__(name: str) -> Any:

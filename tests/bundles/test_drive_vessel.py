@@ -106,6 +106,24 @@ def test_train_writes_checkpoints_and_plain_model(trained_run: Path) -> None:
     assert (trained_run / "mlflow_run_id").is_file()
 
 
+def test_training_registers_sampling_models_in_mlflow(trained_run: Path) -> None:
+    """Each new best validation score and the end of training log the model into the run and register it."""
+    import mlflow
+
+    run_id = (trained_run / "mlflow_run_id").read_text().strip()
+    client = mlflow.MlflowClient(_DB["uri"])
+    versions = client.search_model_versions("name='drive_vessel-cnf'")
+    assert len(versions) >= 2 and {v.run_id for v in versions} == {run_id}  # >= 1 best + the final model
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"model", "model_final"} <= artifacts
+    mlflow.set_tracking_uri(_DB["uri"])
+    latest = max(int(v.version) for v in versions)
+    served = mlflow.pyfunc.load_model(f"models:/drive_vessel-cnf/{latest}")
+    x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+    out = served.predict(x, params={"num_samples": 3, "return_samples": True})
+    assert out["samples"].shape == (3, 1, 1, 32, 32) and set(np.unique(out["samples"])) <= {0.0, 1.0}
+
+
 def test_resume_continues_epoch_count(trained_run: Path, tmp_path: Path) -> None:
     import shutil
 
