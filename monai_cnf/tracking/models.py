@@ -8,8 +8,8 @@ per-pixel mean and std of the samples (and the samples on request). The network 
 
 Logging goes through :class:`mlflow.MlflowClient` into an existing run (the bundle's training run is created and
 kept open by :class:`~monai_cnf.tracking.CNFMLFlowHandler` with the client, not the fluent API):
-``mlflow.pyfunc.save_model`` writes the model folder, ``log_artifacts`` uploads it, and ``mlflow.register_model``
-registers ``runs:/<run_id>/<artifact_path>`` under a per-bundle, per-model-kind name (:func:`registered_model_name`).
+``mlflow.pyfunc.save_model`` writes the model folder, ``log_artifacts`` uploads it, and the client's registry API adds
+a version of a per-bundle, per-model-kind name (:func:`registered_model_name`) pointing at it.
 """
 
 from __future__ import annotations
@@ -138,13 +138,15 @@ def log_sampling_model(
         client.log_artifacts(run_id, str(path), artifact_path)
     if not register:
         return None
-    previous = mlflow.get_tracking_uri()
+    # the client's registry API, not mlflow.register_model: no global tracking/registry URI is read or changed
+    name = registered_model_name(bundle, model_kind)
+    registry = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
-        if tracking_uri is not None:
-            mlflow.set_tracking_uri(tracking_uri)
-        return mlflow.register_model(f"runs:/{run_id}/{artifact_path}", registered_model_name(bundle, model_kind))
-    finally:
-        mlflow.set_tracking_uri(previous)
+        registry.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        registry.create_registered_model(name, tags={"bundle": bundle, "model_kind": model_kind})
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    return registry.create_model_version(name, source, run_id=run_id, tags={"artifact_path": artifact_path})
 
 
 class MLflowModelHandler:
