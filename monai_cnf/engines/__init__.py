@@ -30,6 +30,7 @@ from monai_cnf.engines.distributed import (
     init_distributed,
     is_main_process,
     local_device,
+    main_process_only,
 )
 from monai_cnf.engines.evaluator import PSNRY, SSIMY, BitsPerDim, FlowEvaluator, MaxFScoreMetric
 from monai_cnf.engines.inferer import SampleInferer, sliding_window_settings
@@ -77,6 +78,7 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "local_device",
+    "main_process_only",
     "needs_data_dependent_init",
     "original_spatial_size",
     "sliding_window_settings",

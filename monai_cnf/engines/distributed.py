@@ -6,7 +6,7 @@ The bundles' ``multi_gpu_train.json`` / ``multi_gpu_evaluate.json`` overlays cal
   (``nccl`` on CUDA, ``gloo`` on CPU), from the environment that ``torchrun`` sets (``RANK``, ``WORLD_SIZE``,
   ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``);
 - :func:`local_device`: ``cuda:<LOCAL_RANK>`` for a CUDA run (one GPU per process), else the device itself;
-- :func:`is_main_process`: rank 0 alone writes checkpoints, logs and MLflow;
+- :func:`is_main_process` / :func:`main_process_only`: rank 0 alone writes checkpoints, logs and MLflow;
 - :func:`broadcast_module`: one copy of the weights for every rank (after ActNorm's data-dependent init);
 - :class:`GatheredMetric` / :func:`gather_metrics`: validation sharded with a ``DistributedSampler``, each metric's
   state summed or concatenated over the ranks before ``compute``, so every rank computes the same value and agrees
@@ -18,7 +18,8 @@ Every helper is a no-op (or the identity) in a single process, so one code path 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -37,6 +38,8 @@ __all__ = [
     "is_distributed",
     "is_main_process",
     "local_device",
+    "main_process_first",
+    "main_process_only",
 ]
 
 
@@ -58,6 +61,52 @@ def get_world_size() -> int:
 def is_main_process() -> bool:
     """True on rank 0 (and in a single process): the one process that writes checkpoints, logs and MLflow."""
     return get_rank() == 0
+
+
+@contextmanager
+def main_process_first() -> Iterator[None]:
+    """Run the block on rank 0 first, then on the other ranks (e.g. generate a dataset once, then read it).
+
+    Every rank of the process group must enter it; in one process it just runs the block.
+    """
+    if not is_distributed():
+        yield
+        return
+    if not is_main_process():
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if is_main_process():
+            dist.barrier()
+
+
+def _writer_types() -> tuple[type, ...]:
+    from monai.handlers import CheckpointSaver, MetricsSaver, MLFlowHandler, StatsHandler, TensorBoardHandler
+
+    from monai_cnf.engines.progress import RichProgressHandler
+
+    return (CheckpointSaver, MLFlowHandler, MetricsSaver, StatsHandler, TensorBoardHandler, RichProgressHandler)
+
+
+def main_process_only(handlers: Sequence[Any] | None) -> list[Any] | None:
+    """The handlers this process attaches: all of them on rank 0; on other ranks, all but those that write
+    (checkpoint savers, MLflow, metrics savers, stats logs, TensorBoard, progress bars).
+
+    Handlers that read or compute (``CheckpointLoader``, ``ValidationHandler``, ``LrScheduleHandler``) run on every
+    rank, so a resumed run restores every rank and all ranks step their schedules alike. None stays None.
+
+    Example:
+        >>> from monai.handlers import LrScheduleHandler, StatsHandler
+        >>> [type(h).__name__ for h in main_process_only([StatsHandler()])]  # one process: rank 0
+        ['StatsHandler']
+    """
+    if handlers is None:
+        return None
+    if is_main_process():
+        return list(handlers)
+    writers = _writer_types()
+    return [h for h in handlers if not isinstance(h, writers)]
 
 
 def local_device(device: str | torch.device) -> torch.device:
