@@ -181,8 +181,8 @@ def train(
             "run_dir": run_dir.absolute() if run_dir is not None else None,
             "amp": amp,
         }
-        launcher = {"nproc_per_node": 1 if nproc_per_node is None else nproc_per_node, "nnodes": nnodes, "node_rank": node_rank}
-        raise typer.Exit(launch_training(bundle, options, rdzv_endpoint=rdzv_endpoint, **launcher))
+        nproc = 1 if nproc_per_node is None else nproc_per_node
+        raise typer.Exit(launch_training(bundle, options, nproc, nnodes, node_rank, rdzv_endpoint))
     from monai_cnf.cli._run import run_training
 
     r = run_training(
