@@ -257,8 +257,8 @@ class FlowTrainer(SupervisedTrainer):
         self.clip_grad_norm = clip_grad_norm if clip_grad_norm and clip_grad_norm > 0 else None
         self.data_init_done = False
         self.amp_settings = amp_settings(device, amp, amp_dtype)
-        self.amp = self.amp_settings["enabled"]
-        self.scaler = torch.amp.GradScaler(device.type) if self.amp_settings["scaler"] else None
+        # MONAI's Trainer.run() replaces `scaler` when `amp` is set: keep both off and use our own scaler
+        self.grad_scaler = torch.amp.GradScaler(device.type) if self.amp_settings["scaler"] else None
         if device.type == "cuda" and tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -316,7 +316,7 @@ class FlowTrainer(SupervisedTrainer):
                 "learning rate, set clip_grad_norm, or check the data range (binary labels in {0,1}, 8-bit targets "
                 "0..255)."
             )
-        scaler = engine.scaler
+        scaler = engine.grad_scaler
         if scaler is not None:
             scaler.scale(loss).backward()
         else:

@@ -72,7 +72,7 @@ def test_trainer_amp_step_on_cpu_matches_float32() -> None:
         trainer = FlowTrainer(
             "cpu", 1, loader, model, torch.optim.SGD(model.parameters(), lr=0.0), amp=amp, decollate=False
         )
-        assert trainer.amp_settings["enabled"] is amp and trainer.scaler is None
+        assert trainer.amp_settings["enabled"] is amp and trainer.grad_scaler is None
         torch.manual_seed(3)  # the same dequantization noise in both runs
         trainer.run()
         losses[amp] = float(trainer.state.output["loss"])
