@@ -204,3 +204,28 @@ def test_sigkilled_torchrun_run_resumes_and_finishes(tmp_path: Path) -> None:
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the same MLflow run, resumed and finished
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
     assert max(steps) == 20 * 3  # iterations continue from the checkpoint: 20 epochs x 3 iterations
+
+
+def test_super_resolution_bundle_trains_with_two_processes(tmp_path: Path) -> None:
+    """The model zoo's line on the SR bundle (CPU preset, tiny): DistributedWeightedRandomSampler, gathered PSNR."""
+    sr = ROOT / "bundles" / "super_resolution"
+    out = tmp_path / "sr"
+    configs = str([str(sr / "configs" / n) for n in ("train.json", "cpu.json", "multi_gpu_train.json")])
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    args += ["-m", "monai.bundle", "run", "--config_file", configs]
+    tiny = {
+        "bundle_root": str(sr), "output_dir": str(out), "tracking_uri": f"sqlite:///{out}.db", "device": "cpu",
+        "num_val": 2, "num_samples": 1, "num_steps": 1, "hidden_channels": 8, "rrdb_blocks": 1,
+        "rrdb_growth_channels": 4, "rrdb_feature_channels": 8, "patch_size": [16, 16], "val_crop": [32, 32],
+        "dataset_repeats": 1, "train#batch_size": 2, "train#epoch_length": 2, "progress": False, "max_epochs": 2,
+    }  # fmt: skip
+    for key, value in tiny.items():
+        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    proc = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out}.db")
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert run.info.status == "FINISHED" and "val_psnr_y" in run.data.metrics
