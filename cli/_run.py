@@ -26,7 +26,7 @@ from monai_cnf.cli._bundle import (
 )
 from monai_cnf.cli._errors import CLIError
 
-__all__ = ["CONTRACT_KEYS", "RunResult", "find_checkpoint", "run_evaluation", "run_training"]
+__all__ = ["CONTRACT_KEYS", "RunResult", "check_run_dir", "find_checkpoint", "run_evaluation", "run_training"]
 
 logger = logging.getLogger("monai_cnf.cli")
 
@@ -191,13 +191,17 @@ def _parsed(workflow: Any, key: str) -> Any:
         return None
 
 
-def _run_workflow(workflow: Any, run_dir: Path, run_id_file: str) -> None:
-    """initialize -> run -> finalize; an MLflow run left open by a failure is marked FAILED (KILLED on Ctrl-C)."""
+def _run_workflow(workflow: Any, run_dir: Path, run_id_file: str | None) -> None:
+    """initialize -> run -> finalize; an MLflow run left open by a failure is marked FAILED (KILLED on Ctrl-C).
+
+    ``run_id_file`` None: the process owns no MLflow run (a rank > 0 under torchrun).
+    """
     try:
         workflow.initialize()
         workflow.run()
     except BaseException as err:
-        _mark_run(run_dir, run_id_file, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        if run_id_file is not None:
+            _mark_run(run_dir, run_id_file, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     finally:
         try:
@@ -222,6 +226,23 @@ def _mark_run(run_dir: Path, run_id_file: str, status: str) -> None:
         logger.debug("could not mark MLflow run %s %s", run_id, status, exc_info=True)
 
 
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """A fresh training never writes into a run folder holding checkpoints; ``--resume`` needs one to resume."""
+    existing = _checkpoints(run_dir, ("checkpoints", "models"))
+    if existing and not resume:
+        raise CLIError(
+            f"run folder {run_dir} already holds {len(existing)} checkpoint(s) (e.g. {existing[-1].name}); "
+            "pass --resume to continue that run or choose another --run-dir (nothing was changed)."
+        )
+    if resume and not _checkpoints(run_dir):
+        raise CLIError(f"--resume: no checkpoint in {run_dir / 'checkpoints'} to resume from; train without --resume.")
+
+
+def default_run_dir(bundle_name: str, model: str, run_dir: Path | None) -> Path:
+    """``--run-dir``, else ``runs/<bundle>-<model>``, absolute."""
+    return Path(run_dir or Path("runs") / f"{bundle_name}-{model}").absolute()
+
+
 def run_training(
     bundle_path: Path,
     *,
@@ -236,8 +257,16 @@ def run_training(
     experiment: str | None = None,
     run_name: str | None = None,
     run_dir: Path | None = None,
+    amp: bool = False,
 ) -> RunResult:
-    """Train a bundle: ``train.json`` + preset + model overlays, run folder protected, tracked in MLflow."""
+    """Train a bundle: ``train.json`` + preset + model overlays, run folder protected, tracked in MLflow.
+
+    In a process started by ``torchrun`` (``cnf train --nproc-per-node N``), the bundle's ``multi_gpu_train.json``
+    is merged last; rank 0 alone writes the resolved config (without that overlay, so the run folder evaluates and
+    resumes in one process too), checkpoints and MLflow.
+    """
+    from monai_cnf.cli._launch import MULTI_GPU_TRAIN, is_torchrun_worker, worker_rank
+
     from monai_cnf.tracking.utils import RUN_ID_FILE, read_run_id
 
     bundle = load_bundle(bundle_path)
@@ -246,34 +275,37 @@ def run_training(
     preset = resolve_preset(preset, device)
     if max_epochs is not None and max_epochs < 1:
         raise CLIError(f"--max-epochs must be >= 1, got {max_epochs}.")
-    run_dir = Path(run_dir or Path("runs") / f"{bundle.name}-{model}").absolute()
-    existing = _checkpoints(run_dir, ("checkpoints", "models"))
-    if existing and not resume:
-        raise CLIError(
-            f"run folder {run_dir} already holds {len(existing)} checkpoint(s) (e.g. {existing[-1].name}); "
-            "pass --resume to continue that run or choose another --run-dir (nothing was changed)."
-        )
-    if resume and not _checkpoints(run_dir):
-        raise CLIError(f"--resume: no checkpoint in {run_dir / 'checkpoints'} to resume from; train without --resume.")
-    files = compose_config_files(bundle, "train", preset, model)
+    run_dir = default_run_dir(bundle.name, model, run_dir)
+    check_run_dir(run_dir, resume)
+    record = compose_config_files(bundle, "train", preset, model)
+    distributed = is_torchrun_worker()
+    files = [*record, bundle.config(MULTI_GPU_TRAIN, "needed by --nproc-per-node")] if distributed else record
+    main = worker_rank() == 0
     uri = _tracking(tracking_uri)
     extra: dict[str, Any] = {"resume": resume}
     if max_epochs is not None:
         extra["max_epochs"] = max_epochs
+    if amp:
+        extra["amp"] = True
     extra.update(user)
     ovr = _base_overrides(bundle, run_dir, device, uri, experiment, run_name, dataset_dir, extra)
     workflow = make_workflow(bundle, files, {}, workflow_type="train")
     gone = missing_keys(workflow, [k for k in CONTRACT_KEYS if k in ovr and k not in user])
-    if gone:
+    if gone and main:
         logger.warning("bundle %s does not define the contract keys %s; setting them anyway.", bundle.name, gone)
     workflow.parser.update(ovr)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / TRAIN_CONFIG
-    if not config_path.exists():
-        export_config(workflow, config_path)
-    else:
-        config_path = export_config(workflow, run_dir / RESUME_CONFIG)
-    _run_workflow(workflow, run_dir, RUN_ID_FILE)
+    if main:
+        recorded = workflow
+        if distributed:  # the run's config without the launcher's overlay
+            recorded = make_workflow(bundle, record, {}, workflow_type="train")
+            recorded.parser.update(ovr)
+        if not config_path.exists():
+            export_config(recorded, config_path)
+        else:
+            config_path = export_config(recorded, run_dir / RESUME_CONFIG)
+    _run_workflow(workflow, run_dir, RUN_ID_FILE if main else None)
 
     result = RunResult(bundle.name, run_dir, files, uri)
     trainer = _parsed(workflow, "train#trainer")
@@ -297,6 +329,8 @@ def run_training(
         if best is not None and best != -1:
             result.metrics["best_metric"] = float(best)
     run_id = read_run_id(run_dir)
+    if distributed:
+        result.info["processes"] = os.environ.get("WORLD_SIZE", "1")
     result.info.update(
         {
             "preset / model": f"{preset} / {model}",

@@ -58,6 +58,7 @@ BundleArg = Annotated[
 Data = "Data"
 Run = "Run"
 Track = "Tracking"
+Dist = "Distributed (torchrun)"
 TrackingUri = Annotated[
     str | None,
     typer.Option(
@@ -136,11 +137,54 @@ def train(
     experiment: Experiment = None,
     run_name: RunName = None,
     run_dir: RunDir = None,
+    amp: Annotated[
+        bool,
+        typer.Option(help="Mixed precision: bf16 autocast (fp16 + GradScaler without bf16).", rich_help_panel=Run),
+    ] = False,
+    nproc_per_node: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes on this machine (one per GPU): starts torchrun with configs/multi_gpu_train.json.",
+            rich_help_panel=Dist,
+        ),
+    ] = None,
+    nnodes: Annotated[int, typer.Option(help="Machines taking part (several machines).", rich_help_panel=Dist)] = 1,
+    node_rank: Annotated[
+        int | None, typer.Option(help="This machine's rank, 0..nnodes-1 (several machines).", rich_help_panel=Dist)
+    ] = None,
+    rdzv_endpoint: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT of the node-rank-0 machine (several machines).", rich_help_panel=Dist),
+    ] = None,
 ) -> None:
-    """Train a bundle (MONAI ConfigWorkflow over train.json + overlays), tracked in MLflow."""
-    from monai_cnf.cli._run import run_training
+    """Train a bundle (MONAI ConfigWorkflow over train.json + overlays), tracked in MLflow.
+
+    With --nproc-per-node N, PyTorch's torchrun starts N processes (DDP; nccl on GPUs, gloo on CPU) on this machine.
+    """
+    from monai_cnf.cli._launch import is_torchrun_worker, worker_rank
 
     setup_logging(STATE["verbose"])
+    if (nproc_per_node is not None or nnodes > 1) and not is_torchrun_worker():
+        from monai_cnf.cli._launch import launch_training
+
+        options = {
+            "dataset_dir": dataset_dir,
+            "max_epochs": max_epochs,
+            "device": device,
+            "model": model,
+            "preset": preset,
+            "resume": resume,
+            "override": override,
+            "tracking_uri": tracking_uri,
+            "experiment": experiment,
+            "run_name": run_name,
+            "run_dir": run_dir.absolute() if run_dir is not None else None,
+            "amp": amp,
+        }
+        nproc = 1 if nproc_per_node is None else nproc_per_node
+        raise typer.Exit(launch_training(bundle, options, nproc, nnodes, node_rank, rdzv_endpoint))
+    from monai_cnf.cli._run import run_training
+
     r = run_training(
         bundle,
         dataset_dir=dataset_dir,
@@ -154,8 +198,10 @@ def train(
         experiment=experiment,
         run_name=run_name,
         run_dir=run_dir,
+        amp=amp,
     )
-    _table(f"cnf train {r.bundle}: {r.run_dir}", r.info, r.metrics)
+    if worker_rank() == 0:
+        _table(f"cnf train {r.bundle}: {r.run_dir}", r.info, r.metrics)
 
 
 @app.command(rich_help_panel="Run")

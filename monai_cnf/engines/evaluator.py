@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from ignite.metrics import Metric
@@ -141,6 +141,9 @@ class BitsPerDim(Metric):
             ``from_engine(["bpd"])``; use ``from_engine(["bpd_paper"])`` for the paper's protocol.
     """
 
+    #: how :class:`~monai_cnf.engines.GatheredMetric` reduces the state over ranks (sharded validation)
+    distributed_state: ClassVar[dict[str, str]] = {"_sum": "sum", "_count": "sum"}
+
     def __init__(self, output_transform: Callable = from_engine(["bpd"]), device: Any = "cpu") -> None:
         super().__init__(output_transform=output_transform, device=device)
 
@@ -167,6 +170,8 @@ class MaxFScoreMetric(Metric):
         output_transform: gives ``(pred, label, mask)`` or ``(pred, label)``; pred is the mean map in [0, 1].
             Defaults to ``from_engine(["pred", "label", "mask"])`` (a missing mask means the whole image).
     """
+
+    distributed_state: ClassVar[dict[str, str]] = {"_scores": "cat", "_labels": "cat"}
 
     def __init__(self, output_transform: Callable | None = None, device: Any = "cpu") -> None:
         super().__init__(output_transform=output_transform or _pred_label_mask, device=device)
@@ -202,6 +207,7 @@ class _ImageMetric(Metric):
     """Mean over images of a per-image metric ``fn(pred, label) -> float`` (8-bit RGB tensors ``(C, *spatial)``)."""
 
     fn_name = ""
+    distributed_state: ClassVar[dict[str, str]] = {"_sum": "sum", "_count": "sum"}
 
     def __init__(self, output_transform: Callable = from_engine(["pred", "label"]), border: int = 2) -> None:
         self.border = int(border)

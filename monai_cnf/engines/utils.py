@@ -64,7 +64,10 @@ def drive_data_root(
         num_test,
         "x".join(str(int(s)) for s in image_size),
     )
-    make_synthetic_drive(root, seed=seed, num_train=num_train, num_test=num_test, image_size=tuple(image_size))
+    from monai_cnf.engines.distributed import main_process_first
+
+    with main_process_first():  # under torchrun: rank 0 writes the set, the other ranks then find it complete
+        make_synthetic_drive(root, seed=seed, num_train=num_train, num_test=num_test, image_size=tuple(image_size))
     return str(root)
 
 

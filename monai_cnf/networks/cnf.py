@@ -160,6 +160,8 @@ class ConditionalNormalizingFlow(nn.Module):
     importance-weighted bound :math:`\log \frac1K \sum_k p(v_k|x)/q(v_k|y,x)` (tighter, still a lower bound).
     Internally the flow sees ``v - 0.5`` (centred; a shift has no Jacobian), which also keeps binary quantization
     exact in float32; :meth:`encode` and :meth:`decode` use ``v`` itself.
+    Under ``torch.autocast`` (mixed precision) only the conditioner runs in low precision: its features are cast
+    to float32 and the flow, its log-determinants, the prior and the dequantizer run with autocast disabled.
 
     Args:
         spatial_dims: 2 or 3.
@@ -250,7 +252,7 @@ class ConditionalNormalizingFlow(nn.Module):
     # ------------------------------------------------------------------ helpers
     def _conds(self, x: Tensor) -> list[Tensor]:
         check_condition_image(x, self.spatial_dims, self.in_channels, self.divisor, self.scale)
-        conds = self.conditioner(x)
+        conds = self.conditioner(x)  # the one part that runs in low precision under autocast
         if isinstance(conds, Tensor) or len(conds) != self.num_levels:
             raise ValueError(
                 f"the conditioner must return a list of num_levels={self.num_levels} feature maps, got "
@@ -263,7 +265,7 @@ class ConditionalNormalizingFlow(nn.Module):
                     f"the conditioner returned conds[{level}] of shape {tuple(h.shape)}; the flow needs {expected} "
                     f"(the target's size / 2**{level + 1} with {c} channels)."
                 )
-        return list(conds)
+        return [_full(h) for h in conds]
 
     def _context(self, x: Tensor, conds: Sequence[Tensor]) -> Tensor:
         """Full-resolution context of the binary dequantizer: ``[x (resized to the target), upsampled conds[0]]``."""
@@ -302,14 +304,16 @@ class ConditionalNormalizingFlow(nn.Module):
         conds = self._conds(x)
         num_bins = getattr(self.dequantizer, "num_bins", 256)
         check_target(y, x, self.out_channels, self.divisor, self.scale, self.dequantization, num_bins)
-        if self.dequantizer is None:
-            return self.flow.log_prob(y, conds)
-        k = int(num_samples)
-        context = self._context(x, conds) if isinstance(self.dequantizer, BinaryDequantizer) else None
-        y_k = self._repeat(y, k)
-        v, log_q = self.dequantizer(y_k, None if context is None else self._repeat(context, k), generator=generator)
-        log_p = self.flow.log_prob(v - self.shift, [self._repeat(h, k) for h in conds])
-        log_w = log_p - log_q
+        with _float32(x):
+            if self.dequantizer is None:
+                return self.flow.log_prob(_full(y), conds)
+            k = int(num_samples)
+            context = self._context(_full(x), conds) if isinstance(self.dequantizer, BinaryDequantizer) else None
+            y_k = self._repeat(_full(y), k)
+            ctx_k = None if context is None else self._repeat(context, k)
+            v, log_q = self.dequantizer(y_k, ctx_k, generator=generator)
+            log_p = self.flow.log_prob(v - self.shift, [self._repeat(h, k) for h in conds])
+            log_w = log_p - log_q
         if k == 1:
             return log_w
         return torch.logsumexp(log_w.view(k, y.shape[0]), dim=0) - math.log(k)
@@ -326,11 +330,15 @@ class ConditionalNormalizingFlow(nn.Module):
     # ------------------------------------------------------------------ latents
     def encode(self, v: Tensor, x: Tensor) -> list[Tensor]:
         """Standardised latents of the dequantized ``v`` (coarse last); :meth:`decode` is the exact inverse."""
-        return self.flow.encode(v - self.shift, self._conds(x))
+        conds = self._conds(x)
+        with _float32(x):
+            return self.flow.encode(_full(v) - self.shift, conds)
 
     def decode(self, zs: Sequence[Tensor], x: Tensor) -> Tensor:
         """Map latents (as from :meth:`encode`) back to ``v`` (not quantized)."""
-        return self.flow.decode(zs, self._conds(x)) + self.shift
+        conds = self._conds(x)
+        with _float32(x):
+            return self.flow.decode([_full(z) for z in zs], conds) + self.shift
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -378,7 +386,8 @@ class ConditionalNormalizingFlow(nn.Module):
                     for _ in range(k)
                 ]
                 zs = [torch.cat([d[i] for d in draws], dim=0) * temperature for i in range(len(shapes))]
-            w = self.flow.decode(zs, [self._repeat(h, k) for h in conds])
+            with _float32(x):
+                w = self.flow.decode([_full(z) for z in zs], [self._repeat(h, k) for h in conds])
             out.append(self._quantize_centred(w).view(k, x.shape[0], *w.shape[1:]))
             done += k
         return torch.cat(out, dim=0)
@@ -390,3 +399,13 @@ class ConditionalNormalizingFlow(nn.Module):
         Deterministic, so MONAI inferers (e.g. ``SlidingWindowInferer``) and bundle tools can call the model.
         """
         return self.sample(x, num_samples=1, temperature=0.0)[0]
+
+
+def _float32(x: Tensor) -> Any:
+    """Autocast off for the flow part (log-determinants and log-densities in float32); a no-op without autocast."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def _full(t: Tensor) -> Tensor:
+    """``t`` in float32 when autocast made it float16/bfloat16; any other dtype (float32, float64) unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t

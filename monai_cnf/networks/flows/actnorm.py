@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from .base import FlowLayer, check_input, spatial_numel
@@ -17,7 +18,9 @@ class ActNorm(FlowLayer):
 
     On the first forward pass in training mode, ``b`` and ``s`` are set so that the batch's output has zero mean
     and unit variance per channel. The ``initialized`` flag is a registered buffer, so a module loaded from a
-    ``state_dict`` keeps its learned statistics and is not re-initialised.
+    ``state_dict`` keeps its learned statistics and is not re-initialised. Inside a ``torch.distributed`` process
+    group the mean and variance are those of the global batch (all-reduced over the ranks, which must all run that
+    first pass together, as data-parallel training does), so every rank starts from the same values.
 
     Args:
         num_channels: number of channels ``C``.
@@ -54,8 +57,12 @@ class ActNorm(FlowLayer):
     def initialize(self, x: Tensor) -> None:
         """Set bias and log-scale from the per-channel mean and standard deviation of ``x`` ``(B, C, *spatial)``."""
         dims = [0, *range(2, x.ndim)]
-        mean = x.mean(dim=dims, keepdim=True)
-        std = x.std(dim=dims, keepdim=True, unbiased=False)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            mean = _global_mean(x, dims)
+            std = _global_mean((x - mean) ** 2, dims).sqrt()
+        else:
+            mean = x.mean(dim=dims, keepdim=True)
+            std = x.std(dim=dims, keepdim=True, unbiased=False)
         self.bias.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + self.eps))
         self.initialized.fill_(True)
@@ -88,3 +95,12 @@ class ActNorm(FlowLayer):
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
         check_input("ActNorm input", z, self.spatial_dims, self.num_channels)
         return torch.addcmul(-self.bias, z, torch.exp(-self.log_scale))
+
+
+def _global_mean(x: Tensor, dims: list[int]) -> Tensor:
+    """Per-channel mean over ``dims`` of the union of every rank's ``x`` (all-reduced sum and count)."""
+    total = torch.cat([x.sum(dim=dims).reshape(-1), x.new_tensor([x.numel() / x.shape[1]])])
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    shape = [1] * x.ndim
+    shape[1] = x.shape[1]
+    return (total[:-1] / total[-1]).reshape(shape)
