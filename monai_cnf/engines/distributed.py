@@ -85,13 +85,17 @@ def _writer_types() -> tuple[type, ...]:
     from monai.handlers import CheckpointSaver, MetricsSaver, MLFlowHandler, StatsHandler, TensorBoardHandler
 
     from monai_cnf.engines.progress import RichProgressHandler
+    from monai_cnf.tracking.models import MLflowModelHandler
 
-    return (CheckpointSaver, MLFlowHandler, MetricsSaver, StatsHandler, TensorBoardHandler, RichProgressHandler)
+    return (
+        CheckpointSaver, MLFlowHandler, MetricsSaver, StatsHandler, TensorBoardHandler, RichProgressHandler,
+        MLflowModelHandler,
+    )  # fmt: skip
 
 
 def main_process_only(handlers: Sequence[Any] | None) -> list[Any] | None:
     """The handlers this process attaches: all of them on rank 0; on other ranks, all but those that write
-    (checkpoint savers, MLflow, metrics savers, stats logs, TensorBoard, progress bars).
+    (checkpoint savers, MLflow runs and models, metrics savers, stats logs, TensorBoard, progress bars).
 
     Handlers that read or compute (``CheckpointLoader``, ``ValidationHandler``, ``LrScheduleHandler``) run on every
     rank, so a resumed run restores every rank and all ranks step their schedules alike. None stays None.
