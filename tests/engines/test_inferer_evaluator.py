@@ -11,9 +11,10 @@ from monai.data import MetaTensor
 from torch.utils.data import DataLoader
 
 from monai_cnf.engines import BitsPerDim, FlowEvaluator, SampleInferer
+from monai_cnf.networks.base import ConditionalLikelihoodModel
 
 
-class _Counter(torch.nn.Module):
+class _Counter(ConditionalLikelihoodModel):
     """Sample k (k = 0, 1, ...) is x * k exactly: mean and std are known in closed form."""
 
     def __init__(self) -> None:
@@ -21,7 +22,7 @@ class _Counter(torch.nn.Module):
         self.k = 0
         self.calls: list[tuple[int, float, tuple]] = []
 
-    def sample(self, x: torch.Tensor, num_samples: int = 1, temperature: float = 1.0) -> torch.Tensor:
+    def sample(self, x, num_samples=1, temperature=1.0, generator=None, chunk_size=None) -> torch.Tensor:
         self.calls.append((num_samples, temperature, tuple(x.shape)))
         ks = torch.arange(self.k, self.k + num_samples, dtype=x.dtype)
         self.k += num_samples
@@ -51,7 +52,7 @@ def test_temperature_zero_draws_once() -> None:
 
 def test_sliding_window_matches_whole_image_and_bounds_windows() -> None:
     class _PerCall(_Counter):  # every call restarts at k = 0: each window sees the same 6 samples as the whole
-        def sample(self, x, num_samples=1, temperature=1.0):
+        def sample(self, x, num_samples=1, temperature=1.0, generator=None, chunk_size=None):
             self.k = 0
             return super().sample(x, num_samples, temperature)
 
@@ -70,12 +71,12 @@ def test_sliding_window_matches_whole_image_and_bounds_windows() -> None:
 
 
 def test_sliding_window_binary_samples_stay_binary() -> None:
-    class _Coin(torch.nn.Module):  # independent fair coins: windows disagree in their overlaps
-        def sample(self, x, num_samples=1, temperature=1.0):
+    class _Coin(ConditionalLikelihoodModel):  # independent fair coins: windows disagree in their overlaps
+        def sample(self, x, num_samples=1, temperature=1.0, generator=None, chunk_size=None):
             return (torch.rand(num_samples, *x.shape) < 0.5).to(x.dtype)
 
-    class _Ones(torch.nn.Module):  # every window agrees: the stitched samples are exactly the windows' ones
-        def sample(self, x, num_samples=1, temperature=1.0):
+    class _Ones(ConditionalLikelihoodModel):  # every window agrees: the stitched samples are exactly the windows' ones
+        def sample(self, x, num_samples=1, temperature=1.0, generator=None, chunk_size=None):
             return torch.ones(num_samples, *x.shape, dtype=x.dtype)
 
     x = torch.zeros(2, 1, 16, 12)
