@@ -154,13 +154,33 @@ class Bundle:
         """The shipped weights of ``model`` (``models/model.pt`` or ``models/model_factored.pt``; may not exist)."""
         return self.root / "models" / BUNDLE_WEIGHTS[ModelKind(model)]
 
-    def weights_provenance(self, checkpoint: Path) -> dict[str, str]:
-        """What ``models/provenance.json`` records for a file of ``models/`` (``{"preset", "model"}``), else ``{}``."""
+    def weights_provenance(self, checkpoint: Path) -> dict[str, Any]:
+        """What ``provenance.json`` next to a weights file records for it, else ``{}``: ``{"preset", "model"}`` and
+        optionally ``"overrides"`` (config keys the weights were trained with on top of the preset)."""
         record = Path(checkpoint).parent / PROVENANCE_FILE
         if not record.is_file():
             return {}
         entry = check_json(record).get(Path(checkpoint).name, {})
-        return {str(k): str(v) for k, v in entry.items()} if isinstance(entry, dict) else {}
+        return dict(entry) if isinstance(entry, dict) else {}
+
+    def record_weights(
+        self,
+        checkpoint: Path,
+        preset: Preset | str,
+        model: ModelKind | str,
+        overrides: dict[str, Any] | None = None,
+    ) -> Path:
+        """Record in ``provenance.json`` next to ``checkpoint`` which preset (and overrides) and model kind made it."""
+        record = Path(checkpoint).parent / PROVENANCE_FILE
+        data = check_json(record) if record.is_file() else {}
+        entry: dict[str, Any] = {"preset": Preset(preset).value, "model": ModelKind(model).value}
+        if overrides:
+            entry["overrides"] = dict(overrides)
+        data[Path(checkpoint).name] = entry
+        tmp = record.with_name(f".{record.name}.tmp")
+        tmp.write_text(json.dumps(data, indent=4) + "\n")
+        tmp.replace(record)
+        return record
 
 
 def load_bundle(path: Path | str) -> Bundle:
