@@ -21,6 +21,14 @@ from monai_cnf.bundle.files import (
     check_json,
     load_bundle,
 )
+from monai_cnf.bundle.loading import (
+    Provenance,
+    Trained,
+    WeightsMismatchError,
+    load_trained,
+    load_weights,
+    unwrap_state_dict,
+)
 from monai_cnf.bundle.overrides import check_overrides, config_ids, parse_overrides
 from monai_cnf.bundle.run_folder import RunFolder, default_checkpoint, latest_checkpoint
 
@@ -29,8 +37,11 @@ __all__ = [
     "BundleError",
     "ModelKind",
     "Preset",
+    "Provenance",
     "RunFolder",
     "Split",
+    "Trained",
+    "WeightsMismatchError",
     "Workflow",
     "check_json",
     "check_overrides",
@@ -38,5 +49,8 @@ __all__ = [
     "default_checkpoint",
     "latest_checkpoint",
     "load_bundle",
+    "load_trained",
+    "load_weights",
     "parse_overrides",
+    "unwrap_state_dict",
 ]

@@ -17,7 +17,11 @@ __all__ = ["Bundle", "BundleError", "ModelKind", "Preset", "Split", "Workflow", 
 
 
 class BundleError(ValueError):
-    """A bundle, run folder, override or checkpoint problem; the message names it and says how to fix it."""
+    """A bundle, run folder, override or checkpoint problem; the message names it and says how to fix it.
+
+    Arguments of the library call are written in backticks (``pass `resume```); the CLI shows them as its options
+    (``--resume``).
+    """
 
 
 class Preset(str, Enum):
@@ -131,8 +135,8 @@ class Bundle:
 
         ``train``: ``train.json`` (the paper preset) [+ ``<preset>.json``] [+ ``factored.json``]; ``evaluate``: the
         same + ``evaluate.json``; ``inference``: ``inference.json`` (the CPU preset's network, the shipped weights')
-        [+ ``inference_<preset>.json`` for another preset]. A preset file the bundle lacks changes nothing
-        (``paper.json`` is optional); ``factored.json`` must exist when asked for.
+        [+ ``inference_<preset>.json`` for another preset]. An inference preset file the bundle lacks changes nothing
+        (``paper.json`` is optional); ``cpu.json`` and ``factored.json`` must exist when asked for.
         """
         workflow, preset, model = Workflow(workflow), Preset(preset), ModelKind(model)
         if preset is Preset.auto:
@@ -142,7 +146,9 @@ class Bundle:
             overlay = f"inference_{preset.value}"
             return files + ([self.configs[overlay]] if preset is not Preset.cpu and overlay in self.configs else [])
         files = [self.config("train", "the training config")]
-        if preset.value in self.configs:
+        if preset is Preset.cpu:
+            files.append(self.config("cpu", "the CPU preset overlay"))
+        elif preset.value in self.configs:  # train.json is the paper preset; paper.json is optional
             files.append(self.configs[preset.value])
         if model is ModelKind.factored:
             files.append(self.config("factored", "the factored-baseline overlay"))

@@ -30,6 +30,8 @@ __all__ = [
     "load_trained",
     "load_weights",
     "make_parser",
+    "read_weights",
+    "resolve_device",
     "unwrap_state_dict",
 ]
 
@@ -37,6 +39,19 @@ logger = logging.getLogger(__name__)
 
 #: Keys under which trainer checkpoints (MONAI's ``CheckpointSaver`` ``save_dict``) hold the network's state_dict.
 STATE_DICT_KEYS = ("network", "model", "net", "state_dict")
+
+
+def resolve_device(device: str | None) -> str:
+    """``device`` as given, else ``"cuda"`` when a GPU is available, else ``"cpu"``; checks CUDA requests."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BundleError(f"device {device}: CUDA is not available on this machine; use cpu.")
+    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+        raise BundleError(f"device must be cpu, cuda or cuda:N, got {device!r}.")
+    return device
 
 
 class WeightsMismatchError(BundleError):
@@ -58,20 +73,27 @@ def unwrap_state_dict(obj: Any) -> Mapping[str, Any]:
     return obj
 
 
-def load_weights(network: Any, checkpoint: Path, source: str) -> None:
-    """Load ``checkpoint`` into ``network``; a one-line :class:`WeightsMismatchError` when it does not fit.
-
-    Args:
-        network: the ``torch.nn.Module``.
-        checkpoint: a ``.pt`` file (plain state_dict or trainer checkpoint).
-        source: what the network was built from, for the message (e.g. ``"inference.json"``).
-    """
+def read_weights(checkpoint: Path) -> Mapping[str, Any]:
+    """The network ``state_dict`` of a checkpoint file; one clear line when it is missing, truncated or corrupt."""
     from monai_cnf.engines.checkpoint import CorruptCheckpointError, load_checkpoint
 
     try:
-        state = unwrap_state_dict(load_checkpoint(checkpoint, map_location="cpu"))
+        return unwrap_state_dict(load_checkpoint(checkpoint, map_location="cpu"))
     except (FileNotFoundError, CorruptCheckpointError) as err:
         raise BundleError(str(err)) from None
+
+
+def load_weights(network: Any, weights: Path | Mapping[str, Any], source: str, name: str = "") -> None:
+    """Load weights into ``network``; a one-line :class:`WeightsMismatchError` when they do not fit.
+
+    Args:
+        network: the ``torch.nn.Module``.
+        weights: a ``.pt`` file (plain state_dict or trainer checkpoint) or a state_dict.
+        source: what the network was built from, for the message (e.g. ``"inference.json"``).
+        name: what the weights are, for the message. Defaults to the file name.
+    """
+    state = read_weights(weights) if isinstance(weights, str | Path) else weights
+    name = name or str(weights if isinstance(weights, str | Path) else "the weights")
     own = network.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -83,9 +105,9 @@ def load_weights(network: Any, checkpoint: Path, source: str) -> None:
     if missing or unexpected or shapes:
         example = shapes[0] if shapes else (missing or unexpected)[0]
         raise WeightsMismatchError(
-            f"{checkpoint} does not fit the {type(network).__name__} of {source}: {len(shapes)} tensor(s) of another "
+            f"{name} does not fit the {type(network).__name__} of {source}: {len(shapes)} tensor(s) of another "
             f"shape, {len(missing)} missing, {len(unexpected)} unexpected (e.g. {example}); the weights were made by "
-            "another preset or model: give the run folder they were trained in, or the preset that made them."
+            "another preset or model: give the `run_dir` they were trained in, or the `preset` that made them."
         )
     network.load_state_dict(state)
 
@@ -152,6 +174,17 @@ class Trained:
     files: list[Path] = field(default_factory=list)
 
 
+def _model_kind(config: Path) -> str | None:
+    """The ``model_kind`` key of a resolved config (runs written before ``provenance.json`` existed)."""
+    import json
+
+    try:
+        value = json.loads(Path(config).read_text()).get("model_kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(value) if value in ("cnf", "factored") else None
+
+
 def find_weights(
     bundle: Bundle, run_dir: Path | None, checkpoint: Path | None, model: ModelKind | str = ModelKind.cnf
 ) -> tuple[Path, RunFolder | None]:
@@ -161,7 +194,7 @@ def find_weights(
     if checkpoint is not None:
         ckpt = Path(checkpoint).expanduser().absolute()
         if not ckpt.is_file():
-            raise BundleError(f"checkpoint {ckpt} does not exist; fix the path or train first.")
+            raise BundleError(f"checkpoint {ckpt} does not exist; fix the path or train first (cnf train).")
         inside = run is not None and run.root in ckpt.parents
         return ckpt, run if inside else None
     found = run.checkpoint() if run is not None else None
@@ -171,7 +204,9 @@ def find_weights(
     if shipped.is_file():
         return shipped, None
     where = f"no checkpoint in {run.root}/models or {run.root}/checkpoints and " if run is not None else ""
-    raise BundleError(f"no {ModelKind(model).value} weights: {where}no {shipped}; train first or give a checkpoint.")
+    raise BundleError(
+        f"no {ModelKind(model).value} weights: {where}no {shipped}; train first (cnf train) or give a `checkpoint`."
+    )
 
 
 def load_trained(
@@ -212,12 +247,18 @@ def load_trained(
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     workflow = Workflow(workflow)
     ckpt, run = find_weights(bundle, run_dir, checkpoint, model)
+    state = read_weights(ckpt)  # a truncated file fails here, before anything is built
     base = {"bundle_root": str(bundle.root), "device": device, **dict(settings or {})}
     trained_config = run.trained_config() if run is not None else None
     trained_with: dict[str, Any] = {}
     if run is not None and trained_config is not None:
         recorded = run.provenance()
-        kind = recorded.get("model", str(ModelKind(model).value))
+        kind = recorded.get("model") or _model_kind(trained_config) or ModelKind(model).value
+        if kind != ModelKind(model).value:
+            raise BundleError(
+                f"{run.root} holds a {kind!r} training run, not a {ModelKind(model).value!r} one; give it as the "
+                f"{kind} run folder instead."
+            )
         chosen = recorded.get("preset")
         net_files, how = [trained_config], "run folder"
     else:
@@ -241,7 +282,7 @@ def load_trained(
     network = net_parser.get_parsed_content("network_def", instantiate=True)
     if not isinstance(network, ConditionalLikelihoodModel):
         raise BundleError(f"network_def of {net_files[0].name} is a {type(network).__name__}, not a monai_cnf model.")
-    load_weights(network, ckpt, " + ".join(p.name for p in net_files))
+    load_weights(network, state, " + ".join(p.name for p in net_files), str(ckpt))
     provenance = Provenance(ckpt, list(net_files), chosen, kind, run.root if run is not None else None, how)
-    logger.info("loaded %s (%s preset, %s)", ckpt, chosen, how)
+    logger.debug("loaded %s (%s preset, %s)", ckpt, chosen, how)
     return Trained(network.to(device).eval(), parser, provenance, list(files))
