@@ -174,12 +174,14 @@ def run_sampling(
     overrides: Sequence[str] = (),
     overwrite: bool = False,
     preset: str | None = None,
+    progress: bool = True,
 ) -> SampleResult:
     """Draw samples for an image (or every image of a folder) and write them, their mean and std (PNG + NIfTI).
 
     ``num_samples`` and ``temperature`` default to the bundle's (``inference.json``'s ``num_samples`` and
     ``temperature``); the result's ``info`` says which were used and where they came from. The network and weights
-    come from :func:`~monai_cnf.bundle.load_trained`. A folder of images writes ``output/<image stem>/``.
+    come from :func:`~monai_cnf.bundle.load_trained`. A folder of images writes ``output/<image stem>/``; a Rich
+    progress bar on stderr counts the images of a folder (``progress=False``: none).
     """
     import torch
 
@@ -210,14 +212,23 @@ def run_sampling(
     if trained.provenance.run_dir is not None:  # sample as the run validated: its sliding windows
         _use_trained_windows(inferer, trained.provenance.network_configs[0])
     preprocessing = parser.get_parsed_content("preprocessing")
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     result = SampleResult(output, trained.provenance.checkpoint)
-    for image, folder in zip(images, folders, strict=True):
-        if seed is not None:
-            torch.manual_seed(seed)
-            inferer.generator = torch.Generator(device=device).manual_seed(seed)
-        written = _sample_one(bundle, parser, preprocessing, inferer, trained.network, image, folder, device)
-        prefix = "" if folder == output else f"{folder.name}/"
-        result.files.update({prefix + k: v for k, v in written.items()})
+    columns = (TextColumn("sample"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns += (TextColumn("{task.fields[name]}"),)
+    with Progress(*columns, console=Console(stderr=True), disable=not progress or len(images) == 1) as bar:
+        task = bar.add_task("sample", total=len(images), name="")
+        for image, folder in zip(images, folders, strict=True):
+            bar.update(task, name=image.name)
+            if seed is not None:
+                torch.manual_seed(seed)
+                inferer.generator = torch.Generator(device=device).manual_seed(seed)
+            written = _sample_one(bundle, parser, preprocessing, inferer, trained.network, image, folder, device)
+            prefix = "" if folder == output else f"{folder.name}/"
+            result.files.update({prefix + k: v for k, v in written.items()})
+            bar.advance(task)
     def origin(value: Any) -> str:
         return "given" if value is not None else "bundle"
 
