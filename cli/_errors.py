@@ -5,10 +5,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+
+from monai_cnf.bundle.files import BundleError
 
 __all__ = ["STATE", "CLIError", "error_line", "handle_errors", "setup_logging"]
 
@@ -20,8 +23,10 @@ STATE: dict[str, Any] = {"verbose": os.environ.get("CNF_VERBOSE", "") not in (""
 _MAX_LINE = 600
 
 
-class CLIError(Exception):
-    """A user-facing error: its message is printed as one line and the command exits with ``exit_code``."""
+class CLIError(BundleError):
+    """A user-facing error of the CLI itself: printed as one line; the command exits with ``exit_code``.
+
+    The library raises :class:`~monai_cnf.bundle.BundleError` (printed the same way, exit code 1)."""
 
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
@@ -45,9 +50,9 @@ def error_line(err: BaseException) -> str:
     >>> error_line(ValueError("bad\\n  value"))
     'ValueError: bad value'
     """
-    if not isinstance(err, CLIError):
+    if not isinstance(err, BundleError):
         root = _root_cause(err)
-        if isinstance(root, CLIError):
+        if isinstance(root, BundleError):
             err = root
         else:
             msg = str(root) or repr(root)
@@ -55,7 +60,16 @@ def error_line(err: BaseException) -> str:
                 msg = f"missing key {msg}"
             text = f"{type(root).__name__}: {msg}"
             return _one_line(text)
-    return _one_line(str(err))
+    return _one_line(_as_options(str(err)))
+
+
+def _as_options(text: str) -> str:
+    """The library's backticked argument names as this CLI's options.
+
+    >>> _as_options("pass `resume` or choose another `run_dir`")
+    'pass --resume or choose another --run-dir'
+    """
+    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: "--" + m.group(1).replace("_", "-"), text)
 
 
 def _one_line(text: str) -> str:

@@ -127,9 +127,10 @@ def launch_training(
 ) -> int:
     """Check what one process can check (launcher options, the bundle, the run folder), then run ``cnf train``
     under torchrun; returns torchrun's exit status."""
-    from monai_cnf.cli._bundle import load_bundle
     from monai_cnf.cli._errors import STATE
-    from monai_cnf.cli._run import check_run_dir, default_run_dir
+
+    from monai_cnf.bundle.files import load_bundle
+    from monai_cnf.bundle.workflows import check_run_dir, default_run_dir
 
     cmd = torchrun_command([], nproc_per_node, nnodes, node_rank, rdzv_endpoint)
     found = load_bundle(bundle)  # fail here, once, rather than in every worker

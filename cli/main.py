@@ -1,19 +1,34 @@
 """Entry point of the ``cnf`` command (console script ``cnf = monai_cnf.cli.main:app``).
 
-Each command is a few lines that call ``monai_cnf.cli._run`` / ``_sample`` / ``_verify`` / ``_ui``; torch, MONAI
-and MLflow are imported inside the commands so that ``cnf --help`` answers at once.
+Each command is its options, one call into :mod:`monai_cnf.bundle`, then a Rich table; torch, MONAI and MLflow are
+imported inside the commands so that ``cnf --help`` answers at once.
 """
 
 from __future__ import annotations
 
 import os
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from monai_cnf.cli._errors import STATE, handle_errors, setup_logging
+from monai_cnf.cli._options import (
+    BundleArg,
+    DatasetDir,
+    Device,
+    Experiment,
+    ModelOpt,
+    Override,
+    PresetOpt,
+    RunDir,
+    RunName,
+    TrackingUri,
+    show_table,
+)
 from monai_cnf.cli.calibrate import calibrate
+
+from monai_cnf.bundle.files import ModelKind as Model
+from monai_cnf.bundle.files import Preset, Split
 
 __all__ = ["app", "bundle_app", "label_app"]
 
@@ -31,93 +46,26 @@ bundle_app = typer.Typer(
 app.add_typer(bundle_app, name="bundle", rich_help_panel="Bundles")
 
 
-class Model(str, Enum):
-    """The model a bundle trains: the conditional normalizing flow or the factored baseline."""
-
-    cnf = "cnf"
-    factored = "factored"
+Data, Run, Dist = "Data", "Run", "Distributed (torchrun)"
 
 
-class Preset(str, Enum):
-    """``auto``: ``cpu`` on a CPU device, ``paper`` on a GPU."""
+def _print_version(value: bool) -> None:
+    if value:
+        from monai_cnf import __version__
 
-    auto = "auto"
-    cpu = "cpu"
-    paper = "paper"
-
-
-class Split(str, Enum):
-    test = "test"
-    validation = "validation"
-    training = "training"
-
-
-BundleArg = Annotated[
-    Path, typer.Argument(help="Bundle folder, e.g. bundles/drive_vessel.", show_default=False, file_okay=True)
-]
-Data = "Data"
-Run = "Run"
-Track = "Tracking"
-Dist = "Distributed (torchrun)"
-TrackingUri = Annotated[
-    str | None,
-    typer.Option(
-        help="MLflow store. Default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns.db.", rich_help_panel=Track
-    ),
-]
-Experiment = Annotated[
-    str | None, typer.Option(help="MLflow experiment. Default: the bundle name.", rich_help_panel=Track)
-]
-RunName = Annotated[str | None, typer.Option(help="MLflow run name.", rich_help_panel=Track)]
-RunDir = Annotated[
-    Path | None,
-    typer.Option(help="Run folder (checkpoints, config, logs). Default: runs/<bundle>-<model>.", rich_help_panel=Run),
-]
-Device = Annotated[
-    str | None, typer.Option(help="cpu, cuda or cuda:N. Default: cuda when available.", rich_help_panel=Run)
-]
-ModelOpt = Annotated[Model, typer.Option(help="CNF or the factored baseline.", rich_help_panel=Run)]
-PresetOpt = Annotated[Preset, typer.Option(help="Config preset overlay (cpu.json / paper).", rich_help_panel=Run)]
-DatasetDir = Annotated[
-    Path | None,
-    typer.Option(
-        help="Dataset folder (e.g. DRIVE). Default: the bundle's embedded default (synthetic / scikit-image).",
-        exists=True,
-        file_okay=False,
-        rich_help_panel=Data,
-    ),
-]
-Override = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--override",
-        "-o",
-        help="key=value config override (repeatable; '#' separates nested keys; values parsed as JSON).",
-        rich_help_panel=Run,
-    ),
-]
+        typer.echo(f"monai_cnf {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show library logs and full tracebacks.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True)
+    ] = False,
 ) -> None:
     """Conditional normalizing flows for MONAI."""
     STATE["verbose"] = verbose or os.environ.get("CNF_VERBOSE", "") not in ("", "0")
-
-
-def _table(title: str, rows: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, show_header=True, header_style="bold")
-    table.add_column("item")
-    table.add_column("value", overflow="fold")
-    for k, v in (metrics or {}).items():
-        table.add_row(f"[cyan]{k}[/]", f"{v:.6g}")
-    for k, v in rows.items():
-        table.add_row(k, str(v))
-    Console().print(table)
 
 
 @app.command(rich_help_panel="Run")
@@ -183,7 +131,7 @@ def train(
         }
         nproc = 1 if nproc_per_node is None else nproc_per_node
         raise typer.Exit(launch_training(bundle, options, nproc, nnodes, node_rank, rdzv_endpoint))
-    from monai_cnf.cli._run import run_training
+    from monai_cnf.bundle.workflows import run_training
 
     r = run_training(
         bundle,
@@ -201,7 +149,7 @@ def train(
         amp=amp,
     )
     if worker_rank() == 0:
-        _table(f"cnf train {r.bundle}: {r.run_dir}", r.info, r.metrics)
+        show_table(f"cnf train {r.bundle}: {r.run_dir}", r.info, r.metrics)
 
 
 @app.command(rich_help_panel="Run")
@@ -209,7 +157,8 @@ def train(
 def sample(
     bundle: BundleArg,
     input: Annotated[
-        Path, typer.Option("--input", "-i", help="Input image x.", exists=True, dir_okay=False, show_default=False)
+        Path,
+        typer.Option("--input", "-i", help="Input image x, or a folder of images.", exists=True, show_default=False),
     ],
     output: Annotated[Path, typer.Option("--output", help="Output folder.")] = Path("samples"),
     checkpoint: Annotated[
@@ -217,15 +166,15 @@ def sample(
         typer.Option(help="Weights (.pt). Default: --run-dir's best/latest, else models/model.pt.", dir_okay=False),
     ] = None,
     run_dir: RunDir = None,
-    num_samples: Annotated[int, typer.Option(help="N samples.")] = 8,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature tau.")] = 0.8,
+    num_samples: Annotated[int | None, typer.Option(help="N samples. Default: the bundle's num_samples.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Temperature tau. Default: the bundle's.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     device: Device = None,
     override: Override = None,
     overwrite: Annotated[bool, typer.Option(help="Replace files already in --output.")] = False,
 ) -> None:
-    """Draw N samples of p(y|x) for one image; write samples, mean and std maps as PNG and NIfTI."""
-    from monai_cnf.cli._sample import run_sampling
+    """Draw N samples of p(y|x) for an image (or each image of a folder); write samples, mean and std (PNG, NIfTI)."""
+    from monai_cnf.bundle.sample import run_sampling
 
     setup_logging(STATE["verbose"])
     r = run_sampling(
@@ -241,7 +190,7 @@ def sample(
         overrides=override or [],
         overwrite=overwrite,
     )
-    _table(f"cnf sample: {r.output}", {**r.info, **{name: f"shape {shape}" for name, shape in r.files.items()}})
+    show_table(f"cnf sample: {r.output}", {**r.info, **{name: f"shape {shape}" for name, shape in r.files.items()}})
 
 
 @app.command(rich_help_panel="Run")
@@ -266,7 +215,7 @@ def evaluate(
     run_name: RunName = None,
 ) -> None:
     """Evaluate a checkpoint on a split with the bundle's metrics; logged to MLflow, linked to its training run."""
-    from monai_cnf.cli._run import run_evaluation
+    from monai_cnf.bundle.workflows import run_evaluation
 
     setup_logging(STATE["verbose"])
     r = run_evaluation(
@@ -285,7 +234,7 @@ def evaluate(
         experiment=experiment,
         run_name=run_name,
     )
-    _table(f"cnf evaluate {r.bundle} ({split.value})", r.info, r.metrics)
+    show_table(f"cnf evaluate {r.bundle} ({split.value})", r.info, r.metrics)
 
 
 @app.command(rich_help_panel="Tracking")
@@ -313,19 +262,20 @@ def ui(
 @handle_errors
 def bundle_verify(bundle: BundleArg) -> None:
     """Offline checks: metadata fields, configs parse, networks build, a forward pass at the declared shape."""
-    from monai_cnf.cli._bundle import load_bundle
-    from monai_cnf.cli._verify import verify_bundle
     from rich.console import Console
     from rich.table import Table
+
+    from monai_cnf.bundle import load_bundle
+    from monai_cnf.bundle.verify import verify_bundle
 
     rows = verify_bundle(load_bundle(bundle))
     table = Table(title=f"cnf bundle verify {bundle}", header_style="bold")
     for col in ("check", "ok", "detail"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r.name, "[green]pass[/]" if r.ok else "[red]FAIL[/]", r.detail)
+        table.add_row(r.name, "[green]pass[/]" if r.ok else "[yellow]warn[/]" if r.warn else "[red]FAIL[/]", r.detail)
     Console().print(table)
-    failed = [r.name for r in rows if not r.ok]
+    failed = [r.name for r in rows if not r.ok and not r.warn]
     if failed:
         typer.secho(f"Error: {len(failed)} check(s) failed: {', '.join(failed)}.", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
@@ -355,8 +305,9 @@ def label_serve(
     import shlex
     import subprocess
 
-    from monai_cnf.cli._bundle import load_bundle
     from monai_cnf.cli._label import serve_command
+
+    from monai_cnf.bundle import load_bundle
 
     cmd, env, served = serve_command(load_bundle(bundle).root, studies, app_dir, port, conf or [])
     typer.echo(f"serving the bundle copy {served} (MONAI Label's training writes its weights there)", err=True)

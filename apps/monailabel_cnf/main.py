@@ -8,18 +8,17 @@ adds:
   unlabeled image, score = mean per-pixel binary entropy of the sample mean (or sample variance) inside the
   estimated field of view, written into each image's datastore info under ``cnf_uncertainty``;
 - strategy ``cnf_uncertainty``: MONAI Label's ``Epistemic`` strategy reading that key (most uncertain image first);
-- the bundle's preset overlays (``cpu.json`` when there is no GPU) merged on top of ``inference.json`` and
-  ``train.json``, so inference, scoring and training build the same network;
+- the preset recorded with ``models/model.pt`` (``models/provenance.json``; without a record, ``cpu`` when there
+  is no GPU): its config files, merged by MONAI's own rule, for inference (``inference.json`` [+
+  ``inference_paper.json``]) and training (``train.json`` [+ ``cpu.json``]), so inference, scoring and training
+  build the same network, and the published weights record their preset;
 - a train task that publishes the new weights to ``<bundle>/models/model.pt`` so inference and scoring reload them;
 - 2D labels written as a PNG of the image's size (see :class:`To2DLabeld`).
 
 Offline by default: ``sam2=false`` and ``zoo_source=github`` (bundles are read from ``<app>/model/<name>``; nothing
 is downloaded). Conf keys (``--conf KEY VALUE``): ``models`` (bundle folder names under ``model/``),
 ``cnf_method`` (entropy|variance), ``cnf_num_samples`` (8), ``cnf_temperature`` (1.0), ``cnf_fov_threshold`` (0.1,
-``none`` to score every pixel), ``cnf_overlays`` (``auto``: the preset whose network matches
-``models/model.pt`` (``cpu.json`` or ``inference_paper.json``), else the device's; or a comma list of files in
-``configs/``; ``none``),
-``skip_scoring`` (false). See docs/monailabel.md.
+``none`` to score every pixel), ``skip_scoring`` (false). See docs/monailabel.md.
 """
 
 from __future__ import annotations
@@ -47,7 +46,8 @@ from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import strtobool
 
-from monai_cnf.label import BundleUncertaintyScorer, matching_overlays, rank_by_score, read_config_with_overlays
+from monai_cnf.bundle import load_bundle
+from monai_cnf.label import BundleUncertaintyScorer, preset_configs, rank_by_score
 
 logger = logging.getLogger(__name__)
 
@@ -102,16 +102,17 @@ class To2DLabeld(MapTransform):
 
 
 class CNFBundleInferTask(BundleInferTask):
-    """MONAI Label's ``BundleInferTask`` with the bundle's preset overlays merged on top of ``inference.json`` and
+    """MONAI Label's ``BundleInferTask`` over the weights' preset configs (MONAI's merge of the list) and
     :class:`To2DLabeld` for 2D bundles (the label comes back as a PNG of the image's size)."""
 
-    def __init__(self, path: str, conf: dict[str, str], overlays: list[str]):
-        self.overlays = _existing(path, overlays)
+    def __init__(self, path: str, conf: dict[str, str], preset: dict[str, Any]):
+        self.preset = preset
         super().__init__(path, conf)
 
     def _load_bundle_config(self, path: str, config: str) -> Any:
-        parser = read_config_with_overlays(config, [os.path.join(path, "configs", o) for o in self.overlays])
-        parser.config.update({self.const.key_bundle_root(): path})  # type: ignore[union-attr]
+        parser = monai.bundle.ConfigParser()
+        parser.read_config([str(f) for f in self.preset["inference"]])
+        parser.update({self.const.key_bundle_root(): path, **self.preset["overrides"]})
         return parser
 
     def post_transforms(self, data: Any = None) -> list[Any]:
@@ -121,15 +122,6 @@ class CNFBundleInferTask(BundleInferTask):
         fix = To2DLabeld(self.key_pred, transpose=not _reverse_indexing(self.bundle_config))
         # before MONAI Label's Restored (appended last by BundleInferTask)
         return [*post[:-1], fix, post[-1]] if self.add_post_restore and post else [*post, fix]
-
-
-def _existing(path: str, overlays: list[str]) -> list[str]:
-    """The overlays present in ``<path>/configs`` (missing ones are logged and skipped)."""
-    found = [o for o in overlays if os.path.isfile(os.path.join(path, "configs", o))]
-    missing = sorted(set(overlays) - set(found))
-    if missing:
-        logger.warning("bundle %s has no overlay(s) %s; ignored", path, missing)
-    return found
 
 
 def _reverse_indexing(config: Any) -> bool:
@@ -158,7 +150,6 @@ class CNFUncertaintyScoring(ScoringMethod):
         num_samples: int,
         temperature: float,
         fov: float | None,
-        overlays: list[str],
     ):
         super().__init__(f"CNF sample disagreement ({method} of {num_samples} samples at tau={temperature})")
         self.method = method
@@ -168,7 +159,6 @@ class CNFUncertaintyScoring(ScoringMethod):
             temperature=temperature,
             method=method,
             fov_threshold=fov,
-            overlays=_existing(bundle_path, overlays),
             device="cuda" if torch.cuda.is_available() else "cpu",
         )
 
@@ -199,17 +189,18 @@ class CNFUncertaintyScoring(ScoringMethod):
 
 
 class CNFBundleTrainTask(BundleTrainTask):
-    """MONAI Label's ``BundleTrainTask`` with the bundle's overlays and publication of the new weights.
+    """MONAI Label's ``BundleTrainTask`` with the weights' preset configs and publication of the new weights.
 
-    - runs ``[train.json, *overlays]`` (``cpu.json`` without CUDA by default) instead of ``train.json`` alone;
+    - runs the preset's ``[train.json, cpu.json]`` (or ``train.json`` alone for ``paper``) with its overrides;
     - keeps validation items without a FOV ``mask`` working (MONAI Label's datastore has none);
     - writes checkpoints under ``<bundle>/runs/monailabel`` and copies the best (else the final) weights atomically
-      to ``<bundle>/models/model.pt``, which MONAI Label's infer task and our scoring reload on change.
+      to ``<bundle>/models/model.pt`` (recording their preset), which MONAI Label's infer task and our scoring
+      reload on change.
     """
 
-    def __init__(self, path: str, conf: dict[str, str], overlays: list[str]):
+    def __init__(self, path: str, conf: dict[str, str], preset: dict[str, Any]):
         super().__init__(path, conf)
-        self.overlays = _existing(path, overlays) if self.is_valid() else []
+        self.preset = preset
 
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
         run_dir = os.path.join(self.bundle_path, "runs", "monailabel")
@@ -217,6 +208,7 @@ class CNFBundleTrainTask(BundleTrainTask):
         overrides["ckpt_dir"] = os.path.join(run_dir, "models")
         overrides["progress"] = False
         overrides["num_workers"] = 0
+        overrides.update(self.preset["overrides"])
         # datastore items carry no FOV mask: let the validation loaders skip it (the F-score then uses all pixels);
         # the bundle's train.json does this itself since 0.2.0, kept here for older bundle copies
         overrides["validate#preprocessing#transforms"] = (
@@ -227,7 +219,7 @@ class CNFBundleTrainTask(BundleTrainTask):
         return overrides
 
     def run_single_gpu(self, request: dict[str, Any], overrides: dict[str, Any]) -> None:
-        configs = [self.bundle_config_path] + [os.path.join(self.bundle_path, "configs", o) for o in self.overlays]
+        configs = [str(f) for f in self.preset["train"]]
         logger.info("training %s with configs %s", self.bundle_path, configs)
         monai.bundle.run(
             run_id=request.get("run_id", "run"),
@@ -240,8 +232,10 @@ class CNFBundleTrainTask(BundleTrainTask):
         self._publish(overrides["ckpt_dir"])
 
     def _publish(self, ckpt_dir: str) -> None:
-        for name in ("model.pt", "model_final.pt"):
-            src = os.path.join(ckpt_dir, name)
+        from monai_cnf.bundle import RunFolder
+
+        found = RunFolder(os.path.dirname(ckpt_dir)).checkpoint()  # the run folder's one choice of weights
+        for src in [str(found)] if found is not None else []:
             if os.path.isfile(src):
                 dst = os.path.join(self.bundle_path, "models", "model.pt")
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
@@ -249,6 +243,8 @@ class CNFBundleTrainTask(BundleTrainTask):
                 os.close(fd)
                 shutil.copyfile(src, tmp)
                 os.replace(tmp, dst)
+                preset, overrides = self.preset["preset"], self.preset["overrides"]
+                load_bundle(self.bundle_path).record_weights(dst, preset, "cnf", overrides)
                 logger.info("published %s -> %s", src, dst)
                 return
         logger.warning("no checkpoint found in %s to publish", ckpt_dir)
@@ -259,38 +255,24 @@ class CNFApp(_stock.MyApp, MONAILabelApp):  # MONAILabelApp listed so MONAI Labe
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
         conf = {"sam2": "false", "zoo_source": "github", **(conf or {})}
-        self._overlays: dict[str, list[str]] = {}
+        self._presets: dict[str, dict[str, Any]] = {}
         super().__init__(app_dir, studies, conf)
 
-    def overlays(self, bundle_path: str) -> list[str]:
-        """The preset overlays from ``--conf cnf_overlays``.
-
-        ``auto`` (default): the preset whose network matches ``models/model.pt`` (``cpu.json``, the shipped
-        weights' preset, or ``inference_paper.json``, the paper's); without weights, the device's own preset
-        (``inference_paper.json`` with CUDA, else ``cpu.json``).
-        """
-        setting = str(self.conf.get("cnf_overlays", "auto"))
-        if setting.lower() == "none":
-            return []
-        if setting != "auto":
-            return [o.strip() for o in setting.split(",") if o.strip()]
-        cached = self._overlays.get(bundle_path)
+    def preset(self, bundle_path: str) -> dict[str, Any]:
+        """The preset recorded with the bundle's ``models/model.pt`` and its config files (see
+        :func:`monai_cnf.label.preset_configs`; without a record, the device's preset)."""
+        cached = self._presets.get(bundle_path)
         if cached is None:
-            # cpu.json / inference_paper.json resize inference.json AND train.json alike (inference.json alone is the
-            # CPU preset's network, train.json alone the paper's), so the match holds for inference and training
-            cpu, paper = ("cpu.json",), ("inference_paper.json",)
-            preferred: list[tuple[str, ...]] = [paper, cpu, ()] if torch.cuda.is_available() else [cpu, paper, ()]
-            found = matching_overlays(bundle_path, candidates=preferred)  # the device's preset first when both fit
-            cached = found if found is not None else list(preferred[0])
-            logger.info("bundle %s: preset overlays %s", bundle_path, cached)
-            self._overlays[bundle_path] = cached
-        return list(cached)
+            cached = preset_configs(bundle_path, "cuda" if torch.cuda.is_available() else "cpu")
+            logger.info("bundle %s: preset %s (%s)", bundle_path, cached["preset"], cached["overrides"] or "as is")
+            self._presets[bundle_path] = cached
+        return cached
 
     def init_infers(self) -> dict[str, InferTask]:
         infers = super().init_infers()
         for name, path in self.models.items():
             if name in infers and not name.endswith("_seg"):
-                task = CNFBundleInferTask(path, self.conf, self.overlays(path))
+                task = CNFBundleInferTask(path, self.conf, self.preset(path))
                 if task.is_valid():
                     infers[name] = task
         return infers
@@ -300,9 +282,9 @@ class CNFApp(_stock.MyApp, MONAILabelApp):  # MONAILabelApp listed so MONAI Labe
             return {}
         trainers: dict[str, TrainTask] = {}
         for name, path in self.models.items():
-            task = CNFBundleTrainTask(path, self.conf, self.overlays(path))
+            task = CNFBundleTrainTask(path, self.conf, self.preset(path))
             if task.is_valid():
-                logger.info("+++ Adding Trainer:: %s => %s (overlays %s)", name, path, task.overlays)
+                logger.info("+++ Adding Trainer:: %s => %s (preset %s)", name, path, task.preset["preset"])
                 trainers[name] = task
         return trainers
 
@@ -317,7 +299,7 @@ class CNFApp(_stock.MyApp, MONAILabelApp):  # MONAILabelApp listed so MONAI Labe
         fov = None if str(fov_conf).lower() == "none" else float(fov_conf)
         for name, path in self.models.items():
             key = SCORE_KEY if len(self.models) == 1 else f"{name}_uncertainty"
-            methods[key] = CNFUncertaintyScoring(path, method, num_samples, temperature, fov, self.overlays(path))
+            methods[key] = CNFUncertaintyScoring(path, method, num_samples, temperature, fov)
             logger.info("+++ Adding Scoring Method:: %s => %s", key, path)
         return methods
 

@@ -8,11 +8,12 @@ into :func:`~monai_cnf.calibration.analyse_segmentation` (or :func:`~monai_cnf.c
 
 How each model is sampled:
 
-- a model with ``sample`` (the CNF): ``network.sample(x, num_samples=k, temperature=tau)`` ``chunk_size`` samples
-  at a time, each chunk moved to the CPU as booleans, so device memory is bounded by one chunk and host memory
-  by ``S x H x W`` bytes;
-- a factored Bernoulli model (one with ``probabilities(x)``): its exact soft map, and ``S`` independent
-  Bernoulli draws of it (:func:`~monai_cnf.calibration.bernoulli_samples`), the paper's Fig. 6 treatment.
+- a model without closed-form moments (the CNF): ``network.sample(x, num_samples=k, temperature=tau,
+  chunk_size=k)`` ``chunk_size`` samples at a time, each chunk moved to the CPU as booleans, so device memory is
+  bounded by one chunk and host memory by ``S x H x W`` bytes;
+- a model with closed-form moments at temperature 1 (``exact_moments``: the factored Bernoulli): its exact soft
+  map, and ``S`` independent Bernoulli draws of it (:func:`~monai_cnf.calibration.bernoulli_samples`), the paper's
+  Fig. 6 treatment.
 
 Bits/dim: ``-log p(y | x) / (D ln 2)`` of the label as fed to the model (:func:`monai_cnf.metrics.bits_per_dim`);
 a flow models the whole padded array jointly, so ``D`` counts the padded label elements for both models (the same
@@ -22,7 +23,6 @@ convention as the bundles' evaluators), and for the CNF the value is the dequant
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -43,7 +43,7 @@ __all__ = [
     "calibrate_segmentation",
     "calibrate_super_resolution",
     "draw_samples",
-    "is_bernoulli_baseline",
+    "has_soft_map",
     "segmentation_cases",
     "super_resolution_cases",
 ]
@@ -56,23 +56,15 @@ SR_TEMPERATURES = (0.0, 0.5, 0.8, 1.0)
 _SEG_KEYS = ("image", "label", "mask", "label2")
 
 
-def is_bernoulli_baseline(network: Any) -> bool:
-    """True for a factored Bernoulli model: it exposes its exact soft map ``probabilities(x)``.
+def has_soft_map(network: Any) -> bool:
+    """Whether a model knows the mean of its samples at temperature 1 exactly (the factored Bernoulli does).
 
     Example:
-        >>> is_bernoulli_baseline(torch.nn.Identity())
+        >>> from monai_cnf.networks.base import ConditionalLikelihoodModel
+        >>> has_soft_map(ConditionalLikelihoodModel())
         False
     """
-    return callable(getattr(network, "probabilities", None)) and getattr(network, "likelihood", "bernoulli") == (
-        "bernoulli"
-    )
-
-
-def _accepts(fn: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
+    return bool(network.has_exact_moments(1.0))
 
 
 def draw_samples(
@@ -99,8 +91,7 @@ def draw_samples(
     sample by sample (as :class:`~monai_cnf.networks.ConditionalNormalizingFlow` does).
 
     Args:
-        network: a model with ``sample(x, num_samples, temperature[, generator][, batch_size])`` returning
-            ``(S, B, C, *spatial)``.
+        network: a :class:`~monai_cnf.networks.base.ConditionalLikelihoodModel`.
         x: condition ``(B, C_in, *spatial)``.
         num_samples: S.
         temperature: sampling temperature tau. Defaults to 1.0.
@@ -118,8 +109,9 @@ def draw_samples(
         ``(S, B, C, *spatial)`` tensor on the CPU.
 
     Example:
-        >>> class Coin(torch.nn.Module):
-        ...     def sample(self, x, num_samples=1, temperature=1.0, generator=None):
+        >>> from monai_cnf.networks.base import ConditionalLikelihoodModel
+        >>> class Coin(ConditionalLikelihoodModel):
+        ...     def sample(self, x, num_samples=1, temperature=1.0, generator=None, chunk_size=None):
         ...         return (torch.rand(num_samples, *x.shape, generator=generator) < 0.5).float()
         >>> draw_samples(Coin(), torch.zeros(1, 1, 4, 4), num_samples=5, chunk_size=2).shape
         torch.Size([5, 1, 1, 4, 4])
@@ -130,14 +122,10 @@ def draw_samples(
         raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}; use e.g. 4 (more is faster, needs memory).")
     if float(temperature) < 0:
         raise ValueError(f"`temperature` must be >= 0, got {temperature}.")
-    if not callable(getattr(network, "sample", None)):
-        raise ValueError("`network` must have sample(x, num_samples, temperature); pass a CNF or factored model.")
-    kwargs: dict[str, Any] = {"temperature": float(temperature)}
-    if generator is not None:
-        if not _accepts(network.sample, "generator"):
-            raise ValueError("`generator` given but network.sample takes no `generator`; pass generator=None.")
-        kwargs["generator"] = generator
-    batched = _accepts(network.sample, "batch_size")
+    from monai_cnf.networks.base import ConditionalLikelihoodModel
+
+    if not isinstance(network, ConditionalLikelihoodModel):
+        raise ValueError(f"`network` must be a ConditionalLikelihoodModel with sample(), got {type(network).__name__}.")
     chunks: list[torch.Tensor] = []
     done = 0
     with torch.no_grad():
@@ -152,9 +140,7 @@ def draw_samples(
                 )  # fmt: skip
                 s = windowed(x, network)["samples"]
             else:
-                if batched:  # the CNF decodes this many samples per flow pass
-                    kwargs["batch_size"] = k
-                s = network.sample(x, num_samples=k, **kwargs)
+                s = network.sample(x, num_samples=k, temperature=float(temperature), generator=generator, chunk_size=k)
             if s.dim() != x.dim() + 1 or s.shape[0] != k or s.shape[1] != x.shape[0]:
                 raise ValueError(
                     f"network.sample must return (S, B, C, *spatial) with S={k}, B={x.shape[0]}; got {tuple(s.shape)}."
@@ -327,8 +313,8 @@ def segmentation_cases(
             with torch.no_grad():
                 # bits per real pixel: inside the (zero-padded) FOV mask, see monai_cnf.metrics.bits_per_dim
                 bpd[name] = float(net.bits_per_dim(y, x, mask=fov)[0])
-                if is_bernoulli_baseline(net):
-                    soft = _windowed(net.probabilities, x, roi, overlap, sw_batch_size)
+                if has_soft_map(net):
+                    soft = _windowed(lambda t, net=net: net.exact_moments(t, 1.0)[0], x, roi, overlap, sw_batch_size)
                     prob = _unpad(soft[0].float().cpu(), image, pad)  # (C, H, W)
                     prob_maps[name] = prob[0].numpy()
                     samples[name] = bernoulli_samples(prob_maps[name], int(num_samples), rng)

@@ -33,6 +33,8 @@ from ignite.engine import Engine
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
+from monai_cnf.bundle.run_folder import KEY_METRIC, latest_checkpoint
+
 __all__ = [
     "BEST_METRIC_FILENAME",
     "AtomicCheckpointSaver",
@@ -45,11 +47,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: File (in ``save_dir``) where :class:`AtomicCheckpointSaver` records the best key-metric score.
-BEST_METRIC_FILENAME = "key_metric.json"
-
-_EPOCH_RE = re.compile(r"epoch=(\d+)\.pt$")
-_ITER_RE = re.compile(r"iteration=(\d+)\.pt$")
+#: File (in ``save_dir``) where :class:`AtomicCheckpointSaver` records the best key-metric score (the run-folder
+#: layout is spelled once, in :mod:`monai_cnf.bundle.run_folder`).
+BEST_METRIC_FILENAME = KEY_METRIC
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -88,39 +88,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", weights_
         return torch.load(path, map_location=map_location, weights_only=weights_only)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise CorruptCheckpointError(_corrupt_message(path, err)) from err
-
-
-def latest_checkpoint(directory: str | os.PathLike, prefix: str = "") -> str | None:
-    """Return the newest interval checkpoint in ``directory`` (highest ``epoch=N``, else ``iteration=N``).
-
-    Files are those written by :class:`AtomicCheckpointSaver` / MONAI's ``CheckpointSaver`` with an interval,
-    e.g. ``checkpoint_epoch=3.pt``; temporary files of an interrupted save are ignored.
-
-    Args:
-        directory: the checkpoint folder. A missing folder gives None.
-        prefix: only consider files whose name starts with this. Defaults to "".
-
-    Returns:
-        the path as a string, or None when there is no checkpoint.
-
-    Example:
-        >>> latest_checkpoint("/nonexistent") is None
-        True
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    best: tuple[int, int, str] | None = None
-    for p in directory.iterdir():
-        if not p.is_file() or not p.name.startswith(prefix):
-            continue
-        m_epoch, m_iter = _EPOCH_RE.search(p.name), _ITER_RE.search(p.name)
-        if m_epoch is None and m_iter is None:
-            continue
-        key = (1, int(m_epoch.group(1)), str(p)) if m_epoch else (0, int(m_iter.group(1)), str(p))  # type: ignore[union-attr]
-        if best is None or key[:2] > best[:2]:
-            best = key
-    return None if best is None else best[2]
 
 
 class AtomicDiskSaver(DiskSaver):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import itertools
 from collections.abc import Sequence
 from typing import Any
@@ -16,11 +15,11 @@ __all__ = ["SampleInferer", "sliding_window_settings", "window_tiles"]
 class SampleInferer(Inferer):
     """Draw ``num_samples`` samples of ``p(y | x)`` at temperature ``tau`` and return their mean (and std/samples).
 
-    The model must have ``sample(x, num_samples, temperature) -> (S, B, C, *spatial)`` (both
-    ``ConditionalNormalizingFlow`` and ``FactoredBaseline`` do). Samples are drawn ``chunk_size`` at a time and
-    reduced on the fly (running sum and sum of squares in float64), so memory does not grow with ``num_samples``
-    unless ``return_samples`` is set. For binary labels the mean is the per-pixel vessel frequency; for 8-bit
-    targets it is the mean intensity in [0, 255].
+    The model is a :class:`~monai_cnf.networks.base.ConditionalLikelihoodModel` (``ConditionalNormalizingFlow``,
+    ``FactoredBaseline``): ``sample(x, num_samples, temperature, generator, chunk_size) -> (S, B, C, *spatial)``.
+    Samples are drawn ``chunk_size`` at a time and reduced on the fly (running sum and sum of squares in float64),
+    so memory does not grow with ``num_samples`` unless ``return_samples`` is set. For binary labels the mean is the
+    per-pixel vessel frequency; for 8-bit targets it is the mean intensity in [0, 255].
 
     For images larger than ``roi_size`` the sampling runs window by window (for images too large for memory; a
     model that is the same at every size, see DESIGN.md, should sample whole images). Windowed samples are an
@@ -40,18 +39,19 @@ class SampleInferer(Inferer):
         sw_batch_size: windows per sliding-window batch. Defaults to 1.
         overlap: sliding-window overlap (windows overlap so that each tile is seen with context around it).
             Defaults to 0.25.
-        generator: optional ``torch.Generator`` passed to ``sample`` when it accepts one. Defaults to None.
-        exact_mean: for a factored Bernoulli model (one with ``probabilities(x)``) at temperature 1, return the
-            exact expectation ``p`` and std ``sqrt(p (1 - p))`` of its samples instead of Monte-Carlo estimates
-            (samples, when requested, are still drawn). Defaults to True.
+        generator: optional ``torch.Generator`` passed to ``sample``. Defaults to None.
+        exact_mean: for a model with closed-form moments (``exact_moments``: the factored Bernoulli at temperature
+            1), return them instead of Monte-Carlo estimates (samples, when requested, are still drawn).
+            Defaults to True.
 
     Returns (from ``__call__``):
         the mean ``(B, C, *spatial)`` when neither ``return_std`` nor ``return_samples`` is set, else a dict with
         ``"pred"`` (mean) and ``"std"`` and/or ``"samples"``.
 
     Example:
-        >>> class Coin(torch.nn.Module):
-        ...     def sample(self, x, num_samples=1, temperature=1.0):
+        >>> from monai_cnf.networks.base import ConditionalLikelihoodModel
+        >>> class Coin(ConditionalLikelihoodModel):
+        ...     def sample(self, x, num_samples=1, temperature=1.0, generator=None, chunk_size=None):
         ...         return (torch.rand(num_samples, *x.shape) < 0.5).float()
         >>> mean = SampleInferer(num_samples=8, chunk_size=3)(torch.zeros(1, 1, 4, 4), Coin())
         >>> mean.shape
@@ -90,12 +90,7 @@ class SampleInferer(Inferer):
         self.exact_mean = bool(exact_mean)
 
     def _draw(self, network: Any, x: torch.Tensor, n: int) -> torch.Tensor:
-        kwargs: dict[str, Any] = {"num_samples": n, "temperature": self.temperature}
-        if self.generator is not None:
-            kwargs["generator"] = self.generator
-        if _accepts(network.sample, "batch_size"):  # the CNF decodes this many samples per flow pass
-            kwargs["batch_size"] = n
-        s = network.sample(x, **kwargs)
+        s = network.sample(x, num_samples=n, temperature=self.temperature, generator=self.generator, chunk_size=n)
         if s.dim() != x.dim() + 1 or s.shape[0] != n or s.shape[1] != x.shape[0]:
             raise ValueError(
                 f"network.sample must return (S, B, C, *spatial) with S={n}, B={x.shape[0]}; got {tuple(s.shape)}."
@@ -108,7 +103,8 @@ class SampleInferer(Inferer):
         sq = torch.zeros((), dtype=torch.float64)
         kept: list[torch.Tensor] = []
         # at temperature 0 every sample is the same decode: draw it once
-        exact = self.exact_mean and self.temperature == 1.0 and _bernoulli_probabilities(network)
+        exact = self.exact_mean and network.has_exact_moments(self.temperature)
+        moments = network.exact_moments(x, self.temperature) if exact else None
         n_draw = 1 if ((self.temperature == 0 or exact) and not self.return_samples) else self.num_samples
         done = 0
         while done < n_draw:
@@ -123,14 +119,18 @@ class SampleInferer(Inferer):
         mean = total / n_draw
         second = sq / n_draw
         samples = torch.cat(kept, 0) if kept else None
-        if exact:
-            p = network.probabilities(x).detach().to(torch.float64)
-            mean, second = p, p  # Bernoulli: E[y] = E[y^2] = p
+        if moments is not None:
+            mean, second = (m.detach().to(torch.float64) for m in moments)
         return mean.to(x.dtype if x.is_floating_point() else torch.float32), second.to(mean.dtype), samples
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
-        if not hasattr(network, "sample"):
-            raise ValueError("network must have a sample(x, num_samples, temperature) method (a CNF or baseline).")
+        from monai_cnf.networks.base import ConditionalLikelihoodModel
+
+        if not isinstance(network, ConditionalLikelihoodModel):
+            raise ValueError(
+                f"network must be a ConditionalLikelihoodModel with sample() (a CNF or factored baseline), got "
+                f"{type(network).__name__}."
+            )
         with torch.no_grad():
             if self.roi_size is None or _fits(inputs, self.roi_size):
                 mean, second, samples = self._moments(inputs, network)
@@ -226,18 +226,6 @@ def window_tiles(
             [(slice(st, st + roi), slice(cuts[k], cuts[k + 1])) for k, st in enumerate(starts) if cuts[k + 1] > cuts[k]]
         )
     return [(tuple(a[0] for a in combo), tuple(a[1] for a in combo)) for combo in itertools.product(*per_axis)]
-
-
-def _bernoulli_probabilities(network: Any) -> bool:
-    """True for a factored Bernoulli model, whose sample mean is known exactly: ``probabilities(x)``."""
-    return hasattr(network, "probabilities") and getattr(network, "likelihood", "bernoulli") == "bernoulli"
-
-
-def _accepts(fn: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _fits(inputs: torch.Tensor, roi_size: Sequence[int] | int) -> bool:

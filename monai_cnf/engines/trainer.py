@@ -39,6 +39,7 @@ def bits_per_dim_from_log_prob(log_prob: torch.Tensor, target: torch.Tensor) -> 
         target: ``(B, C, *spatial)`` the targets they belong to.
 
     Example:
+        >>> import math
         >>> bits_per_dim_from_log_prob(torch.tensor([-4 * math.log(2.0)]), torch.zeros(1, 1, 2, 2))
         tensor([1.])
     """

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_cnf.bundle.run_folder import default_checkpoint  # the bundles' configs call it from here
+
 __all__ = ["default_checkpoint", "drive_data_root", "holdout_split", "sr_eval_datalist"]
 
 logger = logging.getLogger("monai_cnf.bundle")
@@ -92,31 +94,6 @@ def holdout_split(datalist: Sequence[Any], num_val: int, part: str) -> list[Any]
     n_val = max(0, min(int(num_val), len(items) - 1))
     cut = len(items) - n_val
     return items[:cut] if part == "train" else items[cut:]
-
-
-def default_checkpoint(checkpoint: str | os.PathLike | None, output_dir: str | os.PathLike, bundle_root: str) -> str:
-    """Weights to evaluate / infer with: ``checkpoint`` if given, else the run's best model, else the bundle's.
-
-    Order: ``checkpoint``; ``output_dir/models/model.pt`` (best validation model of a training run);
-    ``output_dir/models/model_final.pt``; ``bundle_root/models/model.pt``.
-
-    Example:
-        >>> default_checkpoint("/w/m.pt", "/run", "/b")
-        '/w/m.pt'
-    """
-    if checkpoint not in (None, "", "None", "null"):
-        return str(checkpoint)
-    for cand in (
-        Path(output_dir) / "models" / "model.pt",
-        Path(output_dir) / "models" / "model_final.pt",
-        Path(bundle_root) / "models" / "model.pt",
-    ):
-        if cand.is_file():
-            return str(cand)
-    raise FileNotFoundError(
-        f"no weights found: none of {output_dir}/models/model.pt, {output_dir}/models/model_final.pt, "
-        f"{bundle_root}/models/model.pt exists; train first or pass checkpoint=<file.pt>."
-    )
 
 
 def sr_eval_datalist(

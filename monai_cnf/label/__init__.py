@@ -2,9 +2,8 @@
 
 - :func:`uncertainty_score`, :func:`sample_disagreement`, :func:`binary_entropy`, :func:`fov_mask`,
   :func:`rank_by_score`: per-image scores from N CNF samples (torch only).
-- :class:`BundleUncertaintyScorer`: loads a bundle's network and scores image files (imports MONAI when used);
-  :func:`read_config_with_overlays`: a bundle config with preset overlays (``cpu.json``) merged where they apply;
-  :func:`matching_overlays`: which preset built the weights in ``models/model.pt``.
+- :class:`BundleUncertaintyScorer`: loads a bundle's trained network and scores image files (imports MONAI when
+  used); :func:`preset_configs`: the preset recorded for ``models/model.pt`` and its config files.
 - :func:`monailabel_command`, :func:`monailabel_env`, :func:`find_monailabel`: the offline
   ``monailabel start_server`` command for ``apps/monailabel_cnf``.
 
@@ -14,7 +13,7 @@ MONAI Label classes (scoring method, strategy, app) live in ``apps/monailabel_cn
 
 from __future__ import annotations
 
-from monai_cnf.label.bundle_scorer import BundleUncertaintyScorer, matching_overlays, read_config_with_overlays
+from monai_cnf.label.bundle_scorer import BundleUncertaintyScorer, preset_configs
 from monai_cnf.label.scoring import (
     UNCERTAINTY_METHODS,
     binary_entropy,
@@ -41,11 +40,10 @@ __all__ = [
     "default_app_dir",
     "find_monailabel",
     "fov_mask",
-    "matching_overlays",
     "monailabel_command",
     "monailabel_env",
+    "preset_configs",
     "rank_by_score",
-    "read_config_with_overlays",
     "sample_disagreement",
     "uncertainty_score",
 ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,99 +15,39 @@ import torch
 
 from monai_cnf.label.scoring import UNCERTAINTY_METHODS, fov_mask, uncertainty_score
 
-__all__ = ["BundleUncertaintyScorer", "matching_overlays", "read_config_with_overlays"]
+__all__ = ["BundleUncertaintyScorer", "preset_configs"]
 
 logger = logging.getLogger(__name__)
 
 
-def read_config_with_overlays(config_file: str | os.PathLike, overlays: Sequence[str | os.PathLike] = ()) -> Any:
-    """A ``monai.bundle.ConfigParser`` of ``config_file`` with the overlays' keys merged on top, where they apply.
+def preset_configs(bundle_root: str | os.PathLike, device: str = "cpu") -> dict[str, Any]:
+    """The preset of a bundle's ``models/model.pt`` (as recorded in ``models/provenance.json``, else the device's)
+    and the config files MONAI merges for it: ``{"preset", "overrides", "inference": [...], "train": [...]}``.
 
-    MONAI's multi-file merge (``read_config([a, b])``) fails when an overlay sets a nested id whose parent the base
-    lacks (``"train#augmentation"`` on top of ``inference.json``). Here such ids are skipped, so a training preset
-    overlay (``cpu.json``) can resize the network of ``inference.json``: its plain keys (``num_steps``,
-    ``hidden_channels``, ...) replace the base's, nested ids are set only when their parent exists.
-
-    Args:
-        config_file: the base config (e.g. ``configs/inference.json``).
-        overlays: config files merged in order. Defaults to ().
-
-    Returns:
-        the parser (not yet parsed).
+    ``overrides`` are the keys the weights were trained with on top of the preset (applied with the configs).
 
     Example:
-        >>> parser = read_config_with_overlays("bundles/drive_vessel/configs/inference.json")  # doctest: +SKIP
+        >>> import monai_cnf
+        >>> info = preset_configs(Path(monai_cnf.__file__).parents[1] / "bundles" / "super_resolution")
+        >>> info["preset"], [p.name for p in info["train"]]
+        ('cpu', ['train.json', 'cpu.json'])
     """
-    from monai.bundle import ConfigParser
+    from monai_cnf.bundle import Preset, Workflow, load_bundle
 
-    parser = ConfigParser()
-    parser.read_config(str(config_file))
-    for overlay in overlays:
-        for key, value in ConfigParser.load_config_file(str(overlay)).items():
-            parts = key.replace("::", "#").split("#")
-            if len(parts) > 1:
-                try:
-                    parser[parts[0]]
-                except KeyError:
-                    continue
-            parser[key] = value
-    return parser
-
-
-def matching_overlays(
-    bundle_root: str | os.PathLike,
-    candidates: Sequence[Sequence[str]] = ((), ("cpu.json",), ("inference_paper.json",)),
-    checkpoint: str | os.PathLike | None = None,
-    config_file: str = "inference.json",
-) -> list[str] | None:
-    """The first overlay set (files in ``configs/``) whose ``network_def`` has the checkpoint's parameter shapes.
-
-    The bundles' presets build networks of different sizes (``inference.json`` alone or with ``cpu.json``: the CPU
-    preset's, the shipped weights'; with ``inference_paper.json``: the paper's), so the weights in
-    ``models/model.pt`` tell which preset must be merged for inference and fine-tuning.
-
-    Args:
-        bundle_root: the bundle folder.
-        candidates: overlay sets to try, in order. Defaults to ``((), ("cpu.json",), ("inference_paper.json",))``.
-        checkpoint: the weights; None uses ``<bundle_root>/models/model.pt``. Defaults to None.
-        config_file: the base config in ``configs/``. Defaults to "inference.json".
-
-    Returns:
-        the matching overlay list, or None when there are no weights or none matches.
-
-    Example:
-        >>> matching_overlays("bundles/drive_vessel", [("cpu.json",), ("inference_paper.json",)])  # doctest: +SKIP
-        ['cpu.json']
-    """
-    root = Path(bundle_root)
-    ckpt = Path(checkpoint) if checkpoint is not None else root / "models" / "model.pt"
-    if not ckpt.is_file():
-        return None
-    state = _state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    for overlays in candidates:
-        files = [root / "configs" / o for o in overlays]
-        if not all(f.is_file() for f in files):
-            continue
-        parser = read_config_with_overlays(root / "configs" / config_file, files)
-        parser["bundle_root"] = str(root)
-        net = parser.get_parsed_content("network_def", instantiate=True)
-        if {k: tuple(v.shape) for k, v in net.state_dict().items()} == shapes:
-            return list(overlays)
-    return None
-
-
-def _state_dict(state: Any) -> dict[str, Any]:
-    """A plain ``state_dict`` from a plain one or a checkpoint dict with key ``"network"`` or ``"model"``."""
-    if isinstance(state, dict):
-        for key in ("network", "model"):
-            if isinstance(state.get(key), dict):
-                return state[key]
-    return state
+    bundle = load_bundle(bundle_root)
+    recorded = bundle.weights_provenance(bundle.weights("cnf"))
+    preset = Preset(recorded.get("preset") or Preset.auto.resolve(device).value)
+    return {
+        "preset": preset.value,
+        "overrides": dict(recorded.get("overrides") or {}),
+        "inference": bundle.config_files(Workflow.inference, preset),
+        "train": bundle.config_files(Workflow.train, preset),
+    }
 
 
 class BundleUncertaintyScorer:
-    """Load a bundle's ``inference.json`` network and preprocessing, and score images by CNF sample disagreement.
+    """Load a bundle's trained network (:func:`~monai_cnf.bundle.load_trained`) and preprocessing, and score images
+    by CNF sample disagreement.
 
     For one image: ``preprocessing`` (load, scale to [0, 1], pad to a multiple of ``2**num_levels``) ->
     :class:`~monai_cnf.engines.SampleInferer` (N samples at temperature tau, per-pixel mean and std, in the bundle's
@@ -118,16 +57,15 @@ class BundleUncertaintyScorer:
 
     Args:
         bundle_root: the bundle folder (with ``configs/inference.json``).
-        checkpoint: weights (a plain ``state_dict`` of ``network`` or a checkpoint dict with key ``"network"`` or
-            ``"model"``); None uses ``<bundle_root>/models/model.pt``. Defaults to None.
+        checkpoint: weights (a plain ``state_dict`` or a trainer checkpoint); None uses
+            ``<bundle_root>/models/model.pt``. Defaults to None.
         num_samples: N. Defaults to 8.
         temperature: tau. Defaults to 1.0.
         method: ``"entropy"`` or ``"variance"`` (see :mod:`monai_cnf.label.scoring`). Defaults to "entropy".
         fov_threshold: red-channel threshold of the FOV estimate; None scores every pixel. Defaults to 0.1.
         device: torch device string. Defaults to "cpu".
-        config_file: the config inside ``configs/``. Defaults to "inference.json".
-        overlays: more configs inside ``configs/`` merged on top (MONAI's multi-file merge), e.g. ``["cpu.json"]``
-            when the weights were trained with the CPU preset's network sizes. Defaults to ().
+        preset: the preset of weights that record none (see :func:`~monai_cnf.bundle.load_trained`). Defaults to
+            None.
         seed: seed of the sampling generator, so the same weights give the same scores. Defaults to 0.
 
     Example:
@@ -145,16 +83,14 @@ class BundleUncertaintyScorer:
         method: str = "entropy",
         fov_threshold: float | None = 0.1,
         device: str = "cpu",
-        config_file: str = "inference.json",
-        overlays: Sequence[str] = (),
+        preset: str | None = None,
         seed: int = 0,
     ) -> None:
         if method not in UNCERTAINTY_METHODS:
             raise ValueError(f"method must be one of {UNCERTAINTY_METHODS}, got {method!r}.")
         root = Path(bundle_root)
-        config = root / "configs" / config_file
-        if not config.is_file():
-            raise FileNotFoundError(f"bundle config {str(config)!r} not found; pass a bundle folder with configs/.")
+        if not (root / "configs" / "inference.json").is_file():
+            raise FileNotFoundError(f"{root} has no configs/inference.json; pass a bundle folder with configs/.")
         self.bundle_root = root
         self.checkpoint = Path(checkpoint) if checkpoint is not None else root / "models" / "model.pt"
         self.num_samples = int(num_samples)
@@ -163,12 +99,7 @@ class BundleUncertaintyScorer:
         self.fov_threshold = fov_threshold
         self.device = torch.device(device)
         self.seed = int(seed)
-        self.configs = [str(config)]
-        for name in overlays:
-            overlay = root / "configs" / name
-            if not overlay.is_file():
-                raise FileNotFoundError(f"overlay {str(overlay)!r} not found; pass names of files in configs/.")
-            self.configs.append(str(overlay))
+        self.preset = preset
         self._network: torch.nn.Module | None = None
         self._preprocessing: Any = None
         self._window: dict[str, Any] = {}
@@ -183,14 +114,12 @@ class BundleUncertaintyScorer:
         mtime = self.checkpoint.stat().st_mtime
         if self._network is not None and mtime == self._mtime:
             return
-        parser = read_config_with_overlays(self.configs[0], self.configs[1:])
-        parser["bundle_root"] = str(self.bundle_root)
-        parser["device"] = str(self.device)
-        network = parser.get_parsed_content("network_def", instantiate=True).to(self.device)
-        state = _state_dict(torch.load(self.checkpoint, map_location=self.device, weights_only=True))
-        network.load_state_dict(state)
-        network.eval()
-        self._network = network
+        from monai_cnf.bundle import load_trained
+
+        device = str(self.device)
+        trained = load_trained(self.bundle_root, checkpoint=self.checkpoint, preset=self.preset, device=device)
+        parser = trained.parser
+        self._network = trained.network
         self._preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
         from monai_cnf.engines import sliding_window_settings
 

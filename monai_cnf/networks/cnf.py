@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from monai_cnf.metrics.likelihood import bits_per_dim, real_dims
+from monai_cnf.networks.base import ConditionalLikelihoodModel, Task
 from monai_cnf.networks.conditioners.rrdb import RRDBConditioner
 from monai_cnf.networks.conditioners.vgg import VGGConditioner
 from monai_cnf.networks.dequantizers import (
@@ -146,7 +147,7 @@ def check_target(
         raise ValueError("`y` contains NaN or inf; clean or mask the target first.")
 
 
-class ConditionalNormalizingFlow(nn.Module):
+class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
     r"""Conditional normalizing flow p(y | x) (Winkler et al., 2019): conditioner, dequantizer and conditional Glow.
 
     .. math::
@@ -249,6 +250,11 @@ class ConditionalNormalizingFlow(nn.Module):
         """Target spatial sizes must be divisible by this (``2**num_levels``)."""
         return 2**self.num_levels
 
+    @property
+    def task(self) -> Task:
+        """Binary labels: segmentation; 8-bit targets: super-resolution; no dequantization: continuous ``y``."""
+        return {"binary": Task.segmentation, "uniform": Task.super_resolution}.get(self.dequantization, Task.continuous)
+
     # ------------------------------------------------------------------ helpers
     def _conds(self, x: Tensor) -> list[Tensor]:
         check_condition_image(x, self.spatial_dims, self.in_channels, self.divisor, self.scale)
@@ -348,12 +354,12 @@ class ConditionalNormalizingFlow(nn.Module):
         num_samples: int = 4,
         temperature: float = 0.8,
         generator: torch.Generator | None = None,
-        batch_size: int = 1,
+        chunk_size: int | None = None,
     ) -> Tensor:
         """Draw labels ``y ~ p(y | x)`` at a temperature.
 
-        The conditioner runs once per ``x``; samples are decoded ``batch_size`` at a time (each flow pass holds
-        ``batch_size * B`` images: raise it on a GPU with memory to spare). Binary samples are exactly {0, 1};
+        The conditioner runs once per ``x``; samples are decoded ``chunk_size`` at a time (each flow pass holds
+        ``chunk_size * B`` images: raise it on a GPU with memory to spare). Binary samples are exactly {0, 1};
         8-bit samples are integers in [0, 255].
 
         Args:
@@ -361,23 +367,21 @@ class ConditionalNormalizingFlow(nn.Module):
             num_samples: number of samples S. Defaults to 4.
             temperature: latent noise scale (0: the deterministic prediction). Defaults to 0.8.
             generator: random generator. Defaults to None.
-            batch_size: samples per flow pass. Defaults to 1.
+            chunk_size: samples per flow pass; None: 1. Defaults to None.
 
         Returns:
             ``(S, B, out_channels, *target_spatial)``.
         """
-        if int(num_samples) < 1 or int(batch_size) < 1:
-            raise ValueError(f"`num_samples` and `batch_size` must be >= 1, got {num_samples} and {batch_size}.")
-        if temperature < 0:
-            raise ValueError(f"`temperature` must be >= 0, got {temperature}.")
+        self.check_sampling(num_samples, temperature, chunk_size)
+        chunk = int(chunk_size or self.default_chunk_size)
         conds = self._conds(x)
         target = (x.shape[0], self.out_channels, *(s * self.scale for s in x.shape[2:]))
         shapes = self.flow.latent_shapes(target)
         out = []
         done = 0
         while done < num_samples:
-            k = min(int(batch_size), num_samples - done)
-            # noise is drawn sample by sample, so a generator gives the same samples for any batch_size
+            k = min(chunk, num_samples - done)
+            # noise is drawn sample by sample, so a generator gives the same samples for any chunk_size
             if temperature == 0:
                 zs = [x.new_zeros((k * shape[0], *shape[1:])) for shape in shapes]
             else:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from monai_cnf.losses.functional import discretized_logistic_log_likelihood, weighted_bernoulli_log_likelihood
 from monai_cnf.metrics.likelihood import bits_per_dim, real_dims
+from monai_cnf.networks.base import ConditionalLikelihoodModel, Task
 from monai_cnf.networks.cnf import build_conditioner, check_condition_image, check_target
 from monai_cnf.networks.conditioners.subnets import get_conv_type, zero_init_
 
@@ -23,7 +24,7 @@ LIKELIHOODS = ("bernoulli", "logistic")
 _INIT_LOG_SCALE = math.log(8.0)
 
 
-class FactoredBaseline(nn.Module):
+class FactoredBaseline(ConditionalLikelihoodModel):
     r"""Factored likelihood baseline: the CNF's conditioner and a per-pixel head (the paper's "factored baseline").
 
     Head: every level's features ``conds[l]`` are projected by a 1x1 conv to ``hidden_channels`` and summed
@@ -130,6 +131,22 @@ class FactoredBaseline(nn.Module):
         """Target spatial sizes must be divisible by this (``2**num_levels``)."""
         return 2**self.num_levels
 
+    @property
+    def task(self) -> Task:
+        """Bernoulli: segmentation; discretized logistic: super-resolution (8-bit targets)."""
+        return Task.segmentation if self.likelihood == "bernoulli" else Task.super_resolution
+
+    def has_exact_moments(self, temperature: float = 1.0) -> bool:
+        """Bernoulli at temperature 1: the samples' moments are :meth:`probabilities`."""
+        return self.likelihood == "bernoulli" and float(temperature) == 1.0
+
+    def exact_moments(self, x: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+        """Bernoulli at temperature 1: ``E[y] = E[y^2] = P(y = 1 | x)`` (:meth:`probabilities`)."""
+        if not self.has_exact_moments(temperature):
+            return super().exact_moments(x, temperature)
+        p = self.probabilities(x)
+        return p, p
+
     def _conds(self, x: Tensor) -> list[Tensor]:
         check_condition_image(x, self.spatial_dims, self.in_channels, self.divisor, self.scale)
         conds = self.conditioner(x)
@@ -200,7 +217,12 @@ class FactoredBaseline(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, x: Tensor, num_samples: int = 4, temperature: float = 1.0, generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        num_samples: int = 4,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        chunk_size: int | None = None,
     ) -> Tensor:
         """Independent per-pixel samples ``(S, B, out_channels, *target_spatial)``.
 
@@ -208,12 +230,10 @@ class FactoredBaseline(nn.Module):
         not the Eq. 9 probability of :meth:`log_prob`) and multiplies the
         logistic scale; ``tau = 1`` samples the model itself and ``tau = 0`` returns the mode (:meth:`forward`).
         Bernoulli samples are exactly {0, 1}; logistic samples are the continuous logistic rounded to the nearest
-        integer and clamped to [0, 255], which is exactly the discretized logistic.
+        integer and clamped to [0, 255], which is exactly the discretized logistic. The head runs once, so every
+        ``chunk_size`` gives one pass (accepted for the protocol).
         """
-        if int(num_samples) < 1:
-            raise ValueError(f"`num_samples` must be >= 1, got {num_samples}.")
-        if temperature < 0:
-            raise ValueError(f"`temperature` must be >= 0, got {temperature}.")
+        self.check_sampling(num_samples, temperature, chunk_size)
         if temperature == 0:
             mode = self.forward(x)
             return mode.unsqueeze(0).expand(int(num_samples), *mode.shape).clone()

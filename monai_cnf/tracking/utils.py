@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from monai_cnf.bundle.run_folder import EVAL_RUN_ID, RUN_ID
+
 __all__ = [
     "EVAL_RUN_ID_FILE",
     "MAX_PARAM_KEY_LENGTH",
@@ -37,10 +39,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: File in a run folder holding the MLflow run id of the training run (read by ``--resume`` and evaluations).
-RUN_ID_FILE = "mlflow_run_id"
-#: File in a run folder holding the MLflow run id of the latest evaluation of that run.
-EVAL_RUN_ID_FILE = "mlflow_eval_run_id"
+#: Files in a run folder holding the MLflow run ids of the training run (read by ``--resume`` and evaluations) and of
+#: its latest evaluation (the run-folder layout is spelled once, in :mod:`monai_cnf.bundle.run_folder`).
+RUN_ID_FILE, EVAL_RUN_ID_FILE = RUN_ID, EVAL_RUN_ID
 #: MLflow's limits (``mlflow.utils.validation``): parameter keys <= 250 characters, values <= 6000.
 MAX_PARAM_KEY_LENGTH = 250
 MAX_PARAM_VALUE_LENGTH = 6000

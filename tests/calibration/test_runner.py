@@ -15,11 +15,12 @@ from monai_cnf.calibration.runner import (
     calibrate_segmentation,
     calibrate_super_resolution,
     draw_samples,
-    is_bernoulli_baseline,
+    has_soft_map,
     segmentation_cases,
 )
 from monai_cnf.metrics import bits_per_dim, psnr_y, real_dims
 from monai_cnf.networks import ConditionalNormalizingFlow
+from monai_cnf.networks.base import ConditionalLikelihoodModel
 
 
 def _tiny_cnf() -> ConditionalNormalizingFlow:
@@ -39,7 +40,7 @@ def _tiny_cnf() -> ConditionalNormalizingFlow:
     return net.eval()
 
 
-class _Recorder(torch.nn.Module):
+class _Recorder(ConditionalLikelihoodModel):
     """Samples: the first input channel > noise; records the chunk sizes it was asked for."""
 
     def __init__(self) -> None:
@@ -48,7 +49,7 @@ class _Recorder(torch.nn.Module):
         self.divisor = 4
 
     def sample(
-        self, x: torch.Tensor, num_samples: int = 1, temperature: float = 1.0, generator: torch.Generator | None = None
+        self, x: torch.Tensor, num_samples: int = 1, temperature: float = 1.0, generator=None, chunk_size=None
     ) -> torch.Tensor:
         self.calls.append(num_samples)
         u = torch.rand((num_samples, *x.shape), generator=generator, device=x.device)
@@ -61,17 +62,22 @@ class _Recorder(torch.nn.Module):
         return bits_per_dim(self.log_prob(y, x), y[0].numel())  # 1 bit per element, inside the mask or not
 
 
-class _Soft(torch.nn.Module):
+class _Soft(ConditionalLikelihoodModel):
     """A factored Bernoulli model whose soft map is the first input channel."""
 
-    likelihood = "bernoulli"
     divisor = 4
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, :1].clamp(0, 1)
 
+    def has_exact_moments(self, temperature: float = 1.0) -> bool:
+        return temperature == 1.0
+
+    def exact_moments(self, x: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.probabilities(x), self.probabilities(x)
+
     def sample(
-        self, x: torch.Tensor, num_samples: int = 1, temperature: float = 1.0, generator: torch.Generator | None = None
+        self, x: torch.Tensor, num_samples: int = 1, temperature: float = 1.0, generator=None, chunk_size=None
     ) -> torch.Tensor:
         raise AssertionError("a factored Bernoulli model is sampled from its soft map, not with sample()")
 
@@ -158,14 +164,14 @@ def test_calibrate_segmentation_report(tmp_path: Path) -> None:
     assert all(p.is_file() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in report.plots)
     for m in ("cnf", "factored"):
         assert 0.0 <= report.metrics[f"{m}/max_f"] <= 1.0 and report.metrics[f"{m}/bits_per_dim"] > 0
-    assert is_bernoulli_baseline(_Soft()) and not is_bernoulli_baseline(_tiny_cnf())
+    assert has_soft_map(_Soft()) and not has_soft_map(_tiny_cnf())
 
 
-class _Upsampler(torch.nn.Module):
+class _Upsampler(ConditionalLikelihoodModel):
     """SR stand-in: nearest 2x upsampling of the LR image in grey levels, plus temperature-scaled noise."""
 
     def sample(
-        self, x: torch.Tensor, num_samples: int = 1, temperature: float = 1.0, generator: torch.Generator | None = None
+        self, x: torch.Tensor, num_samples: int = 1, temperature: float = 1.0, generator=None, chunk_size=None
     ) -> torch.Tensor:
         up = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest") * 255.0
         noise = torch.randn((num_samples, *up.shape), generator=generator) * 20.0 * temperature
@@ -218,7 +224,7 @@ def test_sliding_windows_keep_pointwise_models_exact_and_samples_binary() -> Non
     np.testing.assert_allclose(windowed.prob_maps["factored"], whole.prob_maps["factored"], rtol=0, atol=1e-6)
 
     class _Sizes(_Recorder):
-        def sample(self, x, num_samples=1, temperature=1.0, generator=None):
+        def sample(self, x, num_samples=1, temperature=1.0, generator=None, chunk_size=None):
             self.sizes = [*getattr(self, "sizes", []), tuple(x.shape[2:])]
             return super().sample(x, num_samples, temperature, generator)
 
@@ -235,7 +241,7 @@ def test_roi_size_per_model() -> None:
             return super().probabilities(x)
 
     class _Sizes(_Recorder):
-        def sample(self, x, num_samples=1, temperature=1.0, generator=None):
+        def sample(self, x, num_samples=1, temperature=1.0, generator=None, chunk_size=None):
             self.sizes = [*getattr(self, "sizes", []), tuple(x.shape[2:])]
             return super().sample(x, num_samples, temperature, generator)
 

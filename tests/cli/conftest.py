@@ -48,7 +48,15 @@ METADATA = {
     },
 }
 
-NETWORK = {"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 1, "kernel_size": 1}
+NETWORK = {
+    "_target_": "monai_cnf.networks.FactoredBaseline",
+    "spatial_dims": 2,
+    "in_channels": 3,
+    "out_channels": 1,
+    "num_levels": 2,
+    "hidden_channels": 4,
+    "conditioner_kwargs": {"feature_channels": [4, 8]},
+}
 
 TRAIN = {
     "bundle_root": ".",
@@ -96,7 +104,10 @@ def write_bundle(root: Path, train: dict | None = None, metadata: dict | None = 
     (root / "configs" / "metadata.json").write_text(json.dumps(metadata or METADATA, indent=2))
     (root / "configs" / "train.json").write_text(json.dumps(train or TRAIN, indent=2))
     (root / "configs" / "inference.json").write_text(json.dumps(INFERENCE, indent=2))
-    torch.save(torch.nn.Conv2d(3, 1, 1).state_dict(), root / "models" / "model.pt")
+    from monai.bundle import ConfigParser
+
+    torch.manual_seed(0)
+    torch.save(ConfigParser({"net": NETWORK}).get_parsed_content("net").state_dict(), root / "models" / "model.pt")
     return root
 
 

@@ -66,11 +66,13 @@ def _network(kind: str) -> torch.nn.Module:
 
 def _training_run(folder: Path, kind: str, client: mlflow.MlflowClient, exp_id: str) -> tuple[str, torch.nn.Module]:
     """A run folder as `cnf train` leaves it: the resolved config.json, models/model.pt and the MLflow run id."""
-    from monai_cnf.cli._bundle import compose_config_files, export_config, load_bundle, make_workflow
+    from monai_cnf.bundle import RunFolder, load_bundle
+    from monai_cnf.bundle.workflows import export_config, make_workflow
 
     bundle = load_bundle(BUNDLE)
-    workflow = make_workflow(bundle, compose_config_files(bundle, "train", "cpu", kind), {})
-    workflow.parser.update({**OVERRIDES, "bundle_root": str(BUNDLE), "output_dir": str(folder)})
+    settings = {**OVERRIDES, "bundle_root": str(BUNDLE), "output_dir": str(folder)}
+    workflow = make_workflow(bundle, bundle.config_files("train", "cpu", kind), settings, {})
+    RunFolder(folder).write_provenance(bundle="drive_vessel", preset="cpu", model=kind)
     export_config(workflow, folder / "config.json")
     net = workflow.parser.get_parsed_content("network_def")
     (folder / "models").mkdir(parents=True)
@@ -184,7 +186,7 @@ def test_clear_errors(tmp_path: Path, store: tuple[str, mlflow.MlflowClient, str
     # a missing checkpoint: names the file and the command that creates it
     missing = tmp_path / "nowhere" / "model.pt"
     line = error(["--cnf-checkpoint", str(missing)])
-    assert str(missing) in line and "cnf train" in line
+    assert str(missing) in line and "does not exist" in line and "cnf train" in line
 
     # an empty factored run folder and no shipped baseline weights: says which folder and `cnf train --model factored`
     if not (BUNDLE / "models" / "model_factored.pt").is_file():
@@ -198,12 +200,12 @@ def test_clear_errors(tmp_path: Path, store: tuple[str, mlflow.MlflowClient, str
     torch.save(_network("factored").state_dict(), wrong / "models" / "model.pt")
     (wrong / "config.json").write_text(json.dumps({"model_kind": "factored"}))
     line = error(["--run-dir", str(wrong), "--factored-checkpoint", str(wrong / "models" / "model.pt")])
-    assert "--factored-run-dir" in line and str(wrong) in line
+    assert "as the factored run folder" in line and str(wrong) in line
 
     # weights that do not fit the network built from the configs
     torch.save(_network("factored").state_dict(), tmp_path / "fac.pt")
     line = error(["--cnf-checkpoint", str(tmp_path / "fac.pt"), "--factored-checkpoint", str(tmp_path / "fac.pt")])
-    assert str(tmp_path / "fac.pt") in line and "does not fit the cnf network" in line
+    assert str(tmp_path / "fac.pt") in line and "does not fit the ConditionalNormalizingFlow of" in line
 
     # a dataset folder in the wrong layout: one line naming the folder and the expected layout
     torch.save(_network("cnf").state_dict(), tmp_path / "cnf_ok.pt")

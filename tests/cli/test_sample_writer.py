@@ -6,8 +6,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from monai_cnf.cli._sample import output_names, to_png_array, write_outputs
 from PIL import Image
+
+from monai_cnf.bundle.sample import output_names, to_png_array, write_outputs
 
 
 def test_binary_maps(tmp_path: Path) -> None:
@@ -45,21 +46,20 @@ def test_png_scaling_clips() -> None:
 
 
 def test_inference_preset_overlays(tiny_bundle: Path) -> None:
-    """``--preset paper`` adds inference_paper.json; ``cnf sample`` picks the preset whose network fits the weights."""
+    """``paper`` adds inference_paper.json when the bundle has one; shipped weights load with their recorded preset."""
     import json
 
-    import torch
-    from monai_cnf.cli._bundle import compose_config_files, load_bundle
-    from monai_cnf.cli._sample import _matching_preset
+    from monai_cnf.bundle import load_bundle, load_trained
 
     bundle = load_bundle(tiny_bundle)
-    assert [p.name for p in compose_config_files(bundle, "inference", "paper", "cnf")] == ["inference.json"]
-    assert _matching_preset(bundle, torch.nn.Conv2d(3, 1, 3).state_dict()) == "cpu"  # no paper overlay: cpu
-
-    (tiny_bundle / "configs" / "inference_paper.json").write_text(json.dumps({"network_def#kernel_size": 3}))
+    assert [p.name for p in bundle.config_files("inference", "paper")] == ["inference.json"]
+    (tiny_bundle / "configs" / "inference_paper.json").write_text(json.dumps({"num_samples": 2}))
     bundle = load_bundle(tiny_bundle)
-    names = [p.name for p in compose_config_files(bundle, "inference", "paper", "cnf")]
-    assert names == ["inference.json", "inference_paper.json"]
-    assert [p.name for p in compose_config_files(bundle, "inference", "cpu", "cnf")] == ["inference.json"]
-    assert _matching_preset(bundle, torch.nn.Conv2d(3, 1, 1).state_dict()) == "cpu"
-    assert _matching_preset(bundle, torch.nn.Conv2d(3, 1, 3).state_dict()) == "paper"
+    assert [p.name for p in bundle.config_files("inference", "paper")] == ["inference.json", "inference_paper.json"]
+    assert [p.name for p in bundle.config_files("inference", "cpu")] == ["inference.json"]
+    trained = load_trained(bundle)  # nothing recorded: the device's preset
+    assert (trained.provenance.preset, trained.provenance.recorded_by) == ("cpu", "device default")
+    bundle.record_weights(bundle.weights(), "paper", "cnf")
+    trained = load_trained(bundle)
+    assert (trained.provenance.preset, trained.provenance.recorded_by) == ("paper", "models/provenance.json")
+    assert trained.parser.get_parsed_content("num_samples") == 2  # inference_paper.json was merged

@@ -9,8 +9,10 @@ TINY_FLOW_SOURCE = '''
 import math
 import torch
 
+from monai_cnf.networks.base import ConditionalLikelihoodModel
 
-class TinyFlow(torch.nn.Module):
+
+class TinyFlow(ConditionalLikelihoodModel):
     """y | x ~ N(w * x + b + act_bias, exp(log_s)^2) per element; act_bias is data-initialised like ActNorm."""
 
     def __init__(self) -> None:
@@ -43,7 +45,7 @@ class TinyFlow(torch.nn.Module):
 
         return bits_per_dim(self.log_prob(y, x), real_dims(y, mask))
 
-    def sample(self, x: torch.Tensor, num_samples: int = 1, temperature: float = 1.0) -> torch.Tensor:
+    def sample(self, x, num_samples=1, temperature=1.0, generator=None, chunk_size=None) -> torch.Tensor:
         mu = self.mu(x)
         return mu.unsqueeze(0) + temperature * self.log_s.exp() * torch.randn(num_samples, *mu.shape)
 

@@ -13,9 +13,10 @@ from torch.utils.data import DataLoader
 
 from monai_cnf.engines import BitsPerDim, FlowEvaluator, SampleInferer
 from monai_cnf.engines.inferer import window_tiles
+from monai_cnf.networks.base import ConditionalLikelihoodModel
 
 
-class _Counter(torch.nn.Module):
+class _Counter(ConditionalLikelihoodModel):
     """Sample k (k = 0, 1, ...) is x * k exactly: mean and std are known in closed form."""
 
     def __init__(self) -> None:
@@ -23,7 +24,7 @@ class _Counter(torch.nn.Module):
         self.k = 0
         self.calls: list[tuple[int, float, tuple]] = []
 
-    def sample(self, x: torch.Tensor, num_samples: int = 1, temperature: float = 1.0) -> torch.Tensor:
+    def sample(self, x, num_samples=1, temperature=1.0, generator=None, chunk_size=None) -> torch.Tensor:
         self.calls.append((num_samples, temperature, tuple(x.shape)))
         ks = torch.arange(self.k, self.k + num_samples, dtype=x.dtype)
         self.k += num_samples
@@ -53,7 +54,7 @@ def test_temperature_zero_draws_once() -> None:
 
 def test_sliding_window_matches_whole_image_and_bounds_windows() -> None:
     class _PerCall(_Counter):  # every call restarts at k = 0: each window sees the same 6 samples as the whole
-        def sample(self, x, num_samples=1, temperature=1.0):
+        def sample(self, x, num_samples=1, temperature=1.0, generator=None, chunk_size=None):
             self.k = 0
             return super().sample(x, num_samples, temperature)
 
@@ -95,8 +96,8 @@ def test_windowed_binary_samples_keep_every_marginal(p: float) -> None:
     in 96-pixel windows 1 with probability 0.004 for p = 0.1; here every pixel is checked within binomial error.
     """
 
-    class _Coins(torch.nn.Module):
-        def sample(self, x, num_samples=1, temperature=1.0):
+    class _Coins(ConditionalLikelihoodModel):
+        def sample(self, x, num_samples=1, temperature=1.0, generator=None, chunk_size=None):
             return (torch.rand(num_samples, *x.shape) < p).to(x.dtype)
 
     n = 400

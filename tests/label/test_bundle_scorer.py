@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from monai_cnf.label import BundleUncertaintyScorer, matching_overlays, read_config_with_overlays
+from monai_cnf.label import BundleUncertaintyScorer, preset_configs
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "drive_vessel"
 pytestmark = pytest.mark.skipif(
@@ -37,32 +37,38 @@ def bundle(tmp_path):
 
 
 def _network(bundle: Path, overlays: list[str]) -> torch.nn.Module:
-    parser = read_config_with_overlays(
-        bundle / "configs" / "inference.json", [bundle / "configs" / o for o in overlays]
-    )
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / "inference.json"), *(str(bundle / "configs" / o) for o in overlays)])
     parser["bundle_root"] = str(bundle)
     return parser.get_parsed_content("network_def", instantiate=True)
 
 
-def test_overlay_resizes_network_and_skips_training_ids(bundle):
-    parser = read_config_with_overlays(bundle / "configs" / "inference.json", [bundle / "configs" / "cpu.json"])
-    assert parser["hidden_channels"] == 12 and parser["num_steps"] == 2  # from the overlay
-    assert "train" not in parser.config  # cpu.json's "train#..." ids have no parent in inference.json
-    assert parser["preprocessing"]["_target_"] == "Compose"  # the base's own keys are kept
+def test_preset_configs_follow_the_recorded_preset(bundle):
+    from monai_cnf.bundle import load_bundle
+
+    info = preset_configs(bundle, "cpu")  # nothing recorded: the device's preset
+    assert info["preset"] == "cpu" and [p.name for p in info["inference"]] == ["inference.json"]
+    assert [p.name for p in info["train"]] == ["train.json", "cpu.json"]
+    assert preset_configs(bundle, "cuda")["preset"] == "paper"
+    load_bundle(bundle).record_weights(bundle / "models" / "model.pt", "paper", "cnf", {"conditioner_norm": "batch"})
+    info = preset_configs(bundle, "cpu")
+    assert info["preset"] == "paper" and info["overrides"] == {"conditioner_norm": "batch"}
+    assert [p.name for p in info["inference"]] == ["inference.json", "inference_paper.json"]
+    assert [p.name for p in info["train"]] == ["train.json"]
 
 
-def test_matching_overlays_tells_the_preset(bundle):
-    assert matching_overlays(bundle) is None  # no weights yet
-    torch.save(_network(bundle, ["cpu.json"]).state_dict(), bundle / "models" / "model.pt")
-    assert matching_overlays(bundle) == ["cpu.json"]
-    torch.save({"network": _network(bundle, []).state_dict()}, bundle / "models" / "model.pt")
-    assert matching_overlays(bundle) == []
+def test_scorer_names_weights_that_do_not_fit(bundle, tmp_path):
+    from monai_cnf.bundle import WeightsMismatchError
+
     _patch(bundle / "configs" / "inference_paper.json", {"num_steps": 3, "hidden_channels": 8})
     torch.save(_network(bundle, ["inference_paper.json"]).state_dict(), bundle / "models" / "model.pt")
-    assert matching_overlays(bundle) == ["inference_paper.json"]  # paper-preset weights
-    _patch(bundle / "configs" / "inference.json", {"hidden_channels": 4})
-    _patch(bundle / "configs" / "inference_paper.json", {"hidden_channels": 4})
-    assert matching_overlays(bundle) is None  # neither preset builds these weights
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(image)
+    with pytest.raises(WeightsMismatchError, match=r"does not fit the ConditionalNormalizingFlow of inference\.json"):
+        BundleUncertaintyScorer(bundle, num_samples=2, fov_threshold=None)(image)
+    assert BundleUncertaintyScorer(bundle, num_samples=2, fov_threshold=None, preset="paper")(image) >= 0.0
 
 
 def test_scorer_zero_at_temperature_zero_and_deterministic(bundle, tmp_path):
@@ -85,7 +91,5 @@ def test_scorer_zero_at_temperature_zero_and_deterministic(bundle, tmp_path):
     windowed = BundleUncertaintyScorer(bundle, num_samples=4, temperature=1.0, fov_threshold=None)
     score = windowed(image)
     assert windowed._window["roi_size"] == [8, 8] and 0.0 < score <= math.log(2) and score != first
-    with pytest.raises(FileNotFoundError, match="overlay"):
-        BundleUncertaintyScorer(bundle, overlays=["missing.json"])
     with pytest.raises(ValueError, match="method"):
         BundleUncertaintyScorer(bundle, method="mutual_information")

@@ -123,18 +123,13 @@ def _tiny_bundle(dst: Path) -> Path:
 
 def _expected_label(bundle: Path, image: Path) -> np.ndarray:
     """The bundle's own prediction for ``image`` computed here (main env), independently of MONAI Label."""
-    import torch
     from monai.transforms import Invertd
 
+    from monai_cnf.bundle import load_trained
     from monai_cnf.engines import SampleInferer
-    from monai_cnf.label import read_config_with_overlays
 
-    configs = bundle / "configs"
-    parser = read_config_with_overlays(configs / "inference.json", [configs / "cpu.json"])
-    parser["bundle_root"] = str(bundle)
-    network = parser.get_parsed_content("network_def", instantiate=True)
-    network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
-    network.eval()
+    trained = load_trained(bundle)
+    parser, network = trained.parser, trained.network
     pre = parser.get_parsed_content("preprocessing", instantiate=True)
     data = pre({"image": str(image)})
     data["pred"] = SampleInferer(num_samples=1, temperature=0.0)(data["image"][None], network)[0]

@@ -157,7 +157,7 @@ def test_binary_samples_and_prediction(spatial_dims: int) -> None:
     y = (torch.rand(2, 1, *([8] * spatial_dims)) > 0.5).float()
     lp = model.log_prob(y, x)
     assert lp.shape == (2,) and torch.isfinite(lp).all() and bool((lp < 0).all())  # a probability of a discrete y
-    samples = model.sample(x, num_samples=3, temperature=1.0, batch_size=2)
+    samples = model.sample(x, num_samples=3, temperature=1.0, chunk_size=2)
     assert samples.shape == (3, 2, 1, *([8] * spatial_dims))
     assert set(samples.unique().tolist()) <= {0.0, 1.0}
     assert len(samples.unique()) == 2  # temperature 1 gives both labels
@@ -174,7 +174,7 @@ def test_sampling_runs_the_conditioner_once_and_generator_reproduces() -> None:
     model.conditioner.register_forward_hook(lambda *args: calls.append(1))
     a = model.sample(x, num_samples=5, generator=torch.Generator().manual_seed(3))
     assert len(calls) == 1
-    b = model.sample(x, num_samples=5, generator=torch.Generator().manual_seed(3), batch_size=5)
+    b = model.sample(x, num_samples=5, generator=torch.Generator().manual_seed(3), chunk_size=5)
     assert torch.equal(a, b)  # the same noise, whether the samples are drawn one by one or batched
 
 

@@ -1,4 +1,4 @@
-"""``cnf sample``: N samples of p(y | x) for one image with a bundle's ``inference.json``, written as PNG and NIfTI.
+"""``cnf sample``: N samples of p(y | x) for an image (or a folder of them), written as PNG and NIfTI.
 
 The bundle's ``network_def``, ``preprocessing`` and ``inferer`` (a ``SampleInferer``) are used as they are; the
 padding its preprocessing applied is undone with MONAI's ``Invertd`` before anything is written.
@@ -13,19 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai_cnf.cli._bundle import (
-    Bundle,
-    compose_config_files,
-    load_bundle,
-    make_workflow,
-    parse_overrides,
-    resolve_device,
-)
-from monai_cnf.cli._errors import CLIError
 
-__all__ = ["SampleResult", "output_names", "run_sampling", "to_png_array", "write_outputs"]
+from monai_cnf.bundle.files import Bundle, BundleError, load_bundle
 
-logger = logging.getLogger("monai_cnf.cli")
+__all__ = ["SampleResult", "input_images", "output_names", "run_sampling", "to_png_array", "write_outputs"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -131,10 +124,6 @@ def write_outputs(
     return files
 
 
-def _io(bundle: Bundle, side: str, key: str) -> Mapping[str, Any]:
-    return bundle.metadata.get("network_data_format", {}).get(side, {}).get(key, {}) or {}
-
-
 def _raw_channels(path: Path) -> int | None:
     """Channels of an image file as MONAI loads it (None when MONAI cannot read it)."""
     try:
@@ -145,23 +134,30 @@ def _raw_channels(path: Path) -> int | None:
         return None
 
 
-def _channel_error(path: Path, got: int, bundle: Bundle) -> CLIError:
-    image = _io(bundle, "inputs", "image")
-    expected = image.get("num_channels")
+def _channel_error(path: Path, got: int, bundle: Bundle) -> BundleError:
+    image = bundle.io("inputs", "image")
     what = image.get("channel_def") or image.get("format") or ""
-    return CLIError(
-        f"input {path} has {got} channel(s) but bundle {bundle.name} expects {expected} "
+    return BundleError(
+        f"input {path} has {got} channel(s) but bundle {bundle.name} expects {image.get('num_channels')} "
         f"(configs/metadata.json network_data_format.inputs.image.num_channels; {what})."
     )
 
 
-def _state_dict(obj: Any) -> Mapping[str, Any]:
-    """A plain state_dict from a checkpoint: model.pt (a state_dict) or a trainer checkpoint ``{"network": ...}``."""
-    if isinstance(obj, Mapping):
-        for key in ("network", "model", "net", "state_dict"):
-            if isinstance(obj.get(key), Mapping):
-                return obj[key]
-    return obj
+#: Image files ``run_sampling`` takes from a folder.
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".gif", ".bmp", ".nii", ".gz")
+
+
+def input_images(path: Path) -> list[Path]:
+    """``path`` itself, or the image files of a folder (sorted); a :class:`BundleError` for an empty folder."""
+    path = Path(path)
+    if not path.is_dir():
+        if not path.is_file():
+            raise BundleError(f"input {path} does not exist.")
+        return [path]
+    found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise BundleError(f"input folder {path} holds no image ({', '.join(IMAGE_SUFFIXES)}).")
+    return found
 
 
 def run_sampling(
@@ -171,122 +167,105 @@ def run_sampling(
     output: Path,
     checkpoint: Path | None = None,
     run_dir: Path | None = None,
-    num_samples: int = 8,
-    temperature: float = 0.8,
+    num_samples: int | None = None,
+    temperature: float | None = None,
     seed: int | None = None,
     device: str | None = None,
     overrides: Sequence[str] = (),
     overwrite: bool = False,
     preset: str | None = None,
+    progress: bool = True,
 ) -> SampleResult:
-    """Draw ``num_samples`` samples for ``input_path`` and write them, their mean and std (PNG + NIfTI).
+    """Draw samples for an image (or every image of a folder) and write them, their mean and std (PNG + NIfTI).
 
-    ``preset`` picks the inference overlays (``paper``: + ``inference_paper.json``; ``cpu``: ``inference.json``
-    alone); None (default) takes the one whose network has the checkpoint's parameter shapes.
+    ``num_samples`` and ``temperature`` default to the bundle's (``inference.json``'s ``num_samples`` and
+    ``temperature``); the result's ``info`` says which were used and where they came from. The network and weights
+    come from :func:`~monai_cnf.bundle.load_trained`. A folder of images writes ``output/<image stem>/``; a Rich
+    progress bar on stderr counts the images of a folder (``progress=False``: none).
     """
     import torch
-    from monai_cnf.cli._run import check_checkpoint, find_checkpoint, trained_config
+
+    from monai_cnf.bundle.loading import load_trained, resolve_device
 
     bundle = load_bundle(bundle_path)
-    if num_samples < 1:
-        raise CLIError(f"--num-samples must be >= 1, got {num_samples}.")
-    if temperature < 0:
-        raise CLIError(f"--temperature must be >= 0, got {temperature}.")
+    if num_samples is not None and num_samples < 1:
+        raise BundleError(f"`num_samples` must be >= 1, got {num_samples}.")
+    if temperature is not None and temperature < 0:
+        raise BundleError(f"`temperature` must be >= 0, got {temperature}.")
+    images = input_images(Path(input_path))
     output = Path(output).absolute()
-    clash = [n for n in output_names(num_samples) if (output / n).exists()]
-    if clash and not overwrite:
-        raise CLIError(
-            f"{output} already holds {', '.join(clash[:3])}{' ...' if len(clash) > 3 else ''}; "
-            "choose another --output or pass --overwrite (nothing was written)."
-        )
-    if checkpoint is None and run_dir is not None:
-        checkpoint = find_checkpoint(Path(run_dir))
-        if checkpoint is None:
-            raise CLIError(f"no checkpoint in {Path(run_dir) / 'checkpoints'}; train first or pass --checkpoint.")
-    checkpoint = Path(checkpoint or bundle.root / "models" / "model.pt").absolute()
-    check_checkpoint(checkpoint)
+    folders = [output] if len(images) == 1 and not Path(input_path).is_dir() else [output / p.stem for p in images]
     device = resolve_device(device)
-    state = _state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    if preset is None:
-        from_run = trained_config(Path(run_dir) if run_dir is not None else None) is not None
-        preset = "cpu" if from_run else _matching_preset(bundle, state)
-    files = compose_config_files(bundle, "inference", preset, "cnf")
-    ovr: dict[str, Any] = {"bundle_root": str(bundle.root), "device": device, "checkpoint": str(checkpoint)}
-    ovr.update({"num_samples": num_samples, "temperature": temperature})
-    ovr.update(parse_overrides(overrides))
-    workflow = make_workflow(bundle, files, {})
-    workflow.parser.update(ovr)
-    workflow.parser.parse(reset=True)
-    parser = workflow.parser
-
-    # 1. the input, through the bundle's preprocessing; channels checked against metadata.json
-    expected = _io(bundle, "inputs", "image").get("num_channels")
-    preprocessing = parser.get_parsed_content("preprocessing")
-    try:
-        data = preprocessing({"image": str(Path(input_path).absolute())})
-    except Exception as err:
-        raw = _raw_channels(input_path)
-        if expected is not None and raw is not None and raw != int(expected):
-            raise _channel_error(input_path, raw, bundle) from None
-        raise CLIError(f"cannot preprocess {input_path} with {files[0].name}: {err}") from err
-    x = data["image"]
-    if expected is not None and int(x.shape[0]) != int(expected):
-        raise _channel_error(input_path, int(x.shape[0]), bundle)
-
-    # 2. the network (as trained: the run folder's resolved config, else inference.json) and its weights
-    network, source = (
-        _network(parser, Path(run_dir) if run_dir is not None else None),
-        " + ".join(f.name for f in files),
-    )
-    trained = trained_config(Path(run_dir) if run_dir is not None else None)
-    if trained is not None:
-        source = str(trained)
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise CLIError(
-            f"checkpoint {checkpoint} does not fit the network of {source} ({first}); "
-            "was it trained with another --preset/--model? pass the matching overrides."
-        ) from None
-    network = network.to(device).eval()
-
-    # 3. samples through the bundle's SampleInferer (std and samples requested)
+    trained = load_trained(bundle, run_dir, checkpoint, preset, device=device, overrides=overrides)
+    parser = trained.parser
+    n = int(num_samples if num_samples is not None else parser.get_parsed_content("num_samples"))
+    tau = float(temperature if temperature is not None else parser.get_parsed_content("temperature"))
+    clash = [f / name for f in folders for name in output_names(n) if (f / name).exists()]
+    if clash and not overwrite:
+        raise BundleError(
+            f"{clash[0].parent} already holds {', '.join(p.name for p in clash[:3])}{' ...' if len(clash) > 3 else ''};"
+            " choose another `output` or allow `overwrite` (nothing was written)."
+        )
     inferer = parser.get_parsed_content("inferer")
-    for attr, value in (("num_samples", num_samples), ("temperature", temperature)):
-        setattr(inferer, attr, value)
-    inferer.return_std = True
-    inferer.return_samples = True
-    if trained is not None:  # sample as the run validated: its sliding windows (the weights depend on them)
-        _use_trained_windows(inferer, trained)
-    if seed is not None:
-        torch.manual_seed(seed)
-        inferer.generator = torch.Generator(device=device).manual_seed(seed)
-    out = inferer(x.unsqueeze(0).to(device), network)
-    if not isinstance(out, Mapping):
-        raise CLIError(f"the inferer of {files[0].name} returned {type(out).__name__}, expected a SampleInferer.")
-    samples, mean, std = out["samples"][:, 0], out["pred"][0], out["std"][0]
+    inferer.num_samples, inferer.temperature = n, tau
+    inferer.return_std = inferer.return_samples = True
+    if trained.provenance.run_dir is not None:  # sample as the run validated: its sliding windows
+        _use_trained_windows(inferer, trained.provenance.network_configs[0])
+    preprocessing = parser.get_parsed_content("preprocessing")
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    # 4. undo the preprocessing's spatial changes (padding), as the bundle's postprocessing does
-    samples, mean, std = _restore_geometry(parser, preprocessing, data, [samples.flatten(0, 1), mean, std])
-    samples = samples.reshape(num_samples, -1, *samples.shape[1:])
-    transpose = _xy_order(preprocessing)
-    affine = _affine(x)
-    vr = _io(bundle, "outputs", "pred").get("value_range") or [0, 1]
-    written = write_outputs(output, samples, mean, std, vr, affine, transpose=transpose)
-    result = SampleResult(output, checkpoint, written)
+    result = SampleResult(output, trained.provenance.checkpoint)
+    columns = (TextColumn("sample"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns += (TextColumn("{task.fields[name]}"),)
+    with Progress(*columns, console=Console(stderr=True), disable=not progress or len(images) == 1) as bar:
+        task = bar.add_task("sample", total=len(images), name="")
+        for image, folder in zip(images, folders, strict=True):
+            bar.update(task, name=image.name)
+            if seed is not None:
+                torch.manual_seed(seed)
+                inferer.generator = torch.Generator(device=device).manual_seed(seed)
+            written = _sample_one(bundle, parser, preprocessing, inferer, trained.network, image, folder, device)
+            prefix = "" if folder == output else f"{folder.name}/"
+            result.files.update({prefix + k: v for k, v in written.items()})
+            bar.advance(task)
+    def origin(value: Any) -> str:
+        return "given" if value is not None else "bundle"
+
     result.info.update(
         {
-            "input": str(input_path),
-            "checkpoint": str(checkpoint),
-            "network": source,
-            "samples / temperature": f"{num_samples} / {temperature}",
+            "input": f"{input_path}" + (f" ({len(images)} images)" if Path(input_path).is_dir() else ""),
+            **trained.provenance.describe(),
+            "samples / temperature": f"{n} ({origin(num_samples)}) / {tau:g} ({origin(temperature)})",
             "windows": _describe_roi(getattr(inferer, "roi_size", None)),
             "seed": "random" if seed is None else str(seed),
             "device": device,
         }
     )
     return result
+
+
+def _sample_one(
+    bundle: Bundle, parser: Any, preprocessing: Any, inferer: Any, network: Any, image: Path, output: Path, device: str
+) -> dict[str, tuple[int, ...]]:
+    """Preprocess one image as the bundle does, sample it, undo the geometry, write the files."""
+    expected = bundle.io("inputs", "image").get("num_channels")
+    try:
+        data = preprocessing({"image": str(Path(image).absolute())})
+    except Exception as err:
+        raw = _raw_channels(image)
+        if expected is not None and raw is not None and raw != int(expected):
+            raise _channel_error(image, raw, bundle) from None
+        raise BundleError(f"cannot preprocess {image} with the bundle's preprocessing: {err}") from err
+    x = data["image"]
+    if expected is not None and int(x.shape[0]) != int(expected):
+        raise _channel_error(image, int(x.shape[0]), bundle)
+    out = inferer(x.unsqueeze(0).to(device), network)
+    samples, mean, std = out["samples"][:, 0], out["pred"][0], out["std"][0]
+    samples, mean, std = _restore_geometry(parser, preprocessing, data, [samples.flatten(0, 1), mean, std])
+    samples = samples.reshape(inferer.num_samples, -1, *samples.shape[1:])
+    vr = bundle.io("outputs", "pred").get("value_range") or [0, 1]
+    return write_outputs(output, samples, mean, std, vr, _affine(x), transpose=_xy_order(preprocessing))
 
 
 def _use_trained_windows(inferer: Any, config: Path) -> None:
@@ -309,41 +288,6 @@ def _describe_roi(roi_size: Any) -> str:
         return "whole image"
     sizes = [roi_size] if isinstance(roi_size, int) else list(roi_size)
     return " x ".join(str(v) for v in sizes) + " sliding windows"
-
-
-def _matching_preset(bundle: Bundle, state: Mapping[str, Any]) -> str:
-    """``cpu`` (``inference.json`` alone, the shipped weights' network) or ``paper`` (+ ``inference_paper.json``):
-    the first whose ``network_def`` has the parameter shapes of ``state``; ``cpu`` when neither does (the load
-    then reports the mismatch)."""
-    shapes = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
-    for preset in ("cpu", "paper"):
-        files = compose_config_files(bundle, "inference", preset, "cnf")
-        if preset == "paper" and len(files) == 1:
-            break
-        try:
-            workflow = make_workflow(bundle, files, {"bundle_root": str(bundle.root), "device": "cpu"})
-            net = workflow.parser.get_parsed_content("network_def")
-        except Exception as err:  # a config that does not build is reported by the real load below
-            logger.debug("network of %s does not build: %s", [f.name for f in files], err)
-            continue
-        if {k: tuple(v.shape) for k, v in net.state_dict().items()} == shapes:
-            return preset
-    return "cpu"
-
-
-def _network(parser: Any, run_dir: Path | None) -> Any:
-    """``network_def`` of the run's resolved training config when there is one (the widths it was trained with),
-    else the bundle's ``inference.json``."""
-    from monai_cnf.cli._run import trained_config
-
-    config = trained_config(run_dir)
-    if config is None:
-        return parser.get_parsed_content("network_def")
-    from monai.bundle import ConfigParser
-
-    trained = ConfigParser()
-    trained.read_config(str(config))
-    return trained.get_parsed_content("network_def")
 
 
 #: Postprocessing steps that restore the input's geometry (the rest, thresholds and savers, are not wanted here).

@@ -1,16 +1,23 @@
-"""``cnf bundle verify``: offline checks of a bundle (no schema download, unlike ``monai.bundle verify_metadata``)."""
+"""``cnf bundle verify``: offline checks of a bundle (no schema download, unlike ``monai.bundle verify_metadata``).
+
+Metadata fields; every preset's network builds; the shipped weights load into the network their recorded preset
+declares (``models/provenance.json``); MONAI's own ``verify_net_in_out`` with the model zoo's defaults; a forward
+pass at the declared shape; and whether ``metadata.json``'s ``eval_metrics`` are missing or stale (measured with
+other weights than ``models/model.pt``: ``eval_metrics_weights`` holds the first 12 hex digits of their sha256).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monai_cnf.cli._bundle import Bundle, compose_config_files
+from monai_cnf.bundle.files import Bundle, ModelKind, Workflow
 
-__all__ = ["REQUIRED_IO_FIELDS", "REQUIRED_METADATA", "Check", "verify_bundle"]
+__all__ = ["REQUIRED_IO_FIELDS", "REQUIRED_METADATA", "Check", "file_digest", "verify_bundle"]
 
 #: Top-level fields of MONAI's model-zoo metadata schema that the bundles must fill.
 REQUIRED_METADATA = (
@@ -33,15 +40,35 @@ REQUIRED_IO_FIELDS = ("type", "format", "num_channels", "spatial_shape", "dtype"
 
 @dataclass
 class Check:
-    """One row of the verification table."""
+    """One row of the verification table; ``warn`` rows are reported but do not fail the bundle."""
 
     name: str
     ok: bool
     detail: str
+    warn: bool = False
 
 
-def _io(metadata: dict[str, Any], side: str, key: str) -> dict[str, Any]:
-    return metadata.get("network_data_format", {}).get(side, {}).get(key, {}) or {}
+def file_digest(path: Path) -> str:
+    """The first 12 hex digits of a file's sha256 (what ``eval_metrics_weights`` records)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def check_results(bundle: Bundle) -> Check:
+    """``eval_metrics`` of the metadata: numbers, measured with the shipped ``models/model.pt``."""
+    metrics = bundle.metadata.get("eval_metrics") or {}
+    name = "metadata.json eval_metrics"
+    missing = [k for k, v in metrics.items() if not isinstance(v, int | float)]
+    if not metrics or missing:
+        what = ", ".join(f"{k}={metrics[k]!r}" for k in missing) if missing else "none recorded"
+        return Check(name, False, f"missing results: {what}; run cnf evaluate and record them", warn=True)
+    weights = bundle.weights(ModelKind.cnf)
+    recorded = bundle.metadata.get("eval_metrics_weights")
+    if weights.is_file() and recorded != file_digest(weights):
+        return Check(
+            name, False, f"stale: measured with weights {recorded or '(unrecorded)'}, models/model.pt is "
+            f"{file_digest(weights)}; re-evaluate and update eval_metrics and eval_metrics_weights", warn=True,
+        )  # fmt: skip
+    return Check(name, True, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
 
 def check_metadata(bundle: Bundle) -> list[Check]:
@@ -49,7 +76,7 @@ def check_metadata(bundle: Bundle) -> list[Check]:
     missing = [k for k in REQUIRED_METADATA if k not in md or md[k] in (None, "", {}, [])]
     rows = [Check("metadata fields", not missing, f"missing: {', '.join(missing)}" if missing else "all present")]
     for side, key in (("inputs", "image"), ("outputs", "pred")):
-        io = _io(md, side, key)
+        io = bundle.io(side, key)
         gone = [f for f in REQUIRED_IO_FIELDS if f not in io]
         what = f"network_data_format.{side}.{key}"
         rows.append(Check(what, bool(io) and not gone, f"missing: {', '.join(gone)}" if gone else _describe_io(io)))
@@ -102,12 +129,16 @@ def _build(bundle: Bundle, files: list[Path], tmp: str) -> Any:
 
 
 def _try(name: str, fn: Callable[[], str]) -> Check:
-    from monai_cnf.cli._errors import error_line
+    from monai_cnf.bundle.files import BundleError
 
     try:
         return Check(name, True, fn())
     except Exception as err:  # each check reports its own failure; the table shows them all
-        return Check(name, False, error_line(err))
+        root = err
+        while root.__cause__ is not None:
+            root = root.__cause__
+        text = str(root) if isinstance(root, BundleError) else f"{type(root).__name__}: {root}"
+        return Check(name, False, " ".join(text.split())[:600])
 
 
 def verify_bundle(bundle: Bundle) -> list[Check]:
@@ -118,17 +149,17 @@ def verify_bundle(bundle: Bundle) -> list[Check]:
     rows.append(Check("configs parse (JSON)", True, ", ".join(f"{n}.json" for n in sorted(bundle.configs))))
     combos: list[tuple[str, list[Path]]] = []
     if "train" in bundle.configs:
-        combos.append(("train.json", compose_config_files(bundle, "train", "paper", "cnf")))
+        combos.append(("train.json", bundle.config_files(Workflow.train, "paper", "cnf")))
         if "cpu" in bundle.configs:
-            combos.append(("train.json + cpu.json", compose_config_files(bundle, "train", "cpu", "cnf")))
+            combos.append(("train.json + cpu.json", bundle.config_files(Workflow.train, "cpu", "cnf")))
         if "factored" in bundle.configs:
-            combos.append(("train.json + factored.json", compose_config_files(bundle, "train", "paper", "factored")))
+            combos.append(("train.json + factored.json", bundle.config_files(Workflow.train, "paper", "factored")))
         if "evaluate" in bundle.configs:
-            combos.append(("train.json + evaluate.json", compose_config_files(bundle, "evaluate", "paper", "cnf")))
+            combos.append(("train.json + evaluate.json", bundle.config_files(Workflow.evaluate, "paper", "cnf")))
     if "inference" in bundle.configs:
-        combos.append(("inference.json", compose_config_files(bundle, "inference", "cpu", "cnf")))
+        combos.append(("inference.json", bundle.config_files(Workflow.inference, "cpu", "cnf")))
         if "inference_paper" in bundle.configs:
-            paper = compose_config_files(bundle, "inference", "paper", "cnf")
+            paper = bundle.config_files(Workflow.inference, "paper", "cnf")
             combos.append(("inference.json + inference_paper.json", paper))
     if not combos:
         rows.append(Check("configs present", False, "no train.json or inference.json"))
@@ -150,13 +181,66 @@ def verify_bundle(bundle: Bundle) -> list[Check]:
         rows.append(Check("forward pass", False, "no network could be built"))
         return rows
     rows.append(_try("forward pass at the declared shape", lambda: _forward(bundle, target)))
+    if "inference" in bundle.configs:
+        rows.append(_verify_net_in_out(bundle))
+    for kind in ModelKind:
+        if bundle.weights(kind).is_file():
+            rows.append(_try(f"weights load: models/{bundle.weights(kind).name}", lambda k=kind: _weights(bundle, k)))
+    rows.append(check_results(bundle))
     return rows
+
+
+def _weights(bundle: Bundle, kind: ModelKind) -> str:
+    """The shipped weights of ``kind`` in the network of the preset recorded with them."""
+    from monai_cnf.bundle.loading import load_trained
+
+    workflow = Workflow.inference if kind is ModelKind.cnf else Workflow.evaluate
+    with tempfile.TemporaryDirectory() as tmp:
+        trained = load_trained(bundle, checkpoint=bundle.weights(kind), model=kind, workflow=workflow,
+                               settings={"output_dir": tmp})  # fmt: skip
+    p = trained.provenance
+    n = sum(t.numel() for t in trained.network.parameters())
+    return f"{type(trained.network).__name__} of {' + '.join(f.name for f in p.network_configs)} ({p.preset} preset, "\
+        f"{p.recorded_by}), {n:,} parameters"
+
+
+def _verify_net_in_out(bundle: Bundle) -> Check:
+    """MONAI's ``verify_net_in_out`` on ``network_def`` of the shipped weights' inference configs, at the model
+    zoo's defaults (``p = n = any = 1``); where those are too small for the network, a warning that says why and
+    the smallest ``n`` that passes."""
+    import logging
+
+    from monai.bundle import verify_net_in_out
+
+    recorded = bundle.weights_provenance(bundle.weights(ModelKind.cnf))
+    overrides = {"bundle_root": str(bundle.root), **dict(recorded.get("overrides") or {})}
+    files = [str(f) for f in bundle.config_files(Workflow.inference, recorded.get("preset", "cpu"))]
+    shape = bundle.io("inputs", "image").get("spatial_shape") or []
+    name = "MONAI verify_net_in_out"
+    quiet = logging.getLogger("monai.bundle.scripts")  # its input summary is not news
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        zoo = _try(name, lambda: verify_net_in_out("network_def", str(bundle.metadata_file), files, device="cpu",
+                                                   p=1, n=1, any=1, **overrides) or "")  # fmt: skip
+        if zoo.ok:
+            return Check(name, True, f"spatial_shape {shape} at the model zoo's defaults p = n = any = 1: as declared")
+        n = choose_n(shape)
+        larger = _try(name, lambda: verify_net_in_out("network_def", str(bundle.metadata_file), files, device="cpu",
+                                                      p=1, n=n, any=64, **overrides) or "")  # fmt: skip
+    finally:
+        quiet.setLevel(level)
+    if not larger.ok:
+        return larger
+    sizes = fake_spatial_shape(shape, n=1, any_size=1)
+    return Check(name, False, f"cannot pass at the model zoo's defaults (spatial {sizes}: {zoo.detail}); passes at "
+                 f"n={n} (spatial {fake_spatial_shape(shape, n=n)})", warn=True)  # fmt: skip
 
 
 def _forward(bundle: Bundle, net: Any) -> str:
     import torch
 
-    image, pred = _io(bundle.metadata, "inputs", "image"), _io(bundle.metadata, "outputs", "pred")
+    image, pred = bundle.io("inputs", "image"), bundle.io("outputs", "pred")
     in_shape, out_shape = list(image.get("spatial_shape") or []), list(pred.get("spatial_shape") or [])
     n = choose_n(in_shape)  # one n for input and output ("2*n" -> "4*n" for 2x SR)
     spatial = fake_spatial_shape(in_shape, n=n)
