@@ -15,6 +15,7 @@ a version of a per-bundle, per-model-kind name (:func:`registered_model_name`) p
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -227,7 +228,8 @@ class MLflowModelHandler:
         try:
             version = log_sampling_model(
                 self.network, run_id, self._example, self.bundle, self.model_kind, artifact_path=artifact_path,
-                tracking_uri=resolve_tracking_uri(self.tracking_uri),
+                # the store CNFMLFlowHandler chose for the run (it lets MLFLOW_TRACKING_URI win, as the CLI sets it)
+                tracking_uri=resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri),
             )  # fmt: skip
         finally:
             self.network.train(training)

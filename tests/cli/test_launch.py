@@ -43,8 +43,8 @@ def test_workers_receive_the_same_training(launched, monkeypatch, tmp_path: Path
     assert cmd[i : i + 3] == ["-m", "monai_cnf.cli", "train"]
     # a worker (torchrun's environment) parses those arguments back into the same training
     seen = {}
-    monkeypatch.setattr("monai_cnf.cli._run.run_training", lambda bundle, **kw: seen.update(kw, bundle=bundle))
-    monkeypatch.setattr("monai_cnf.cli.main._table", lambda *a, **k: None)
+    monkeypatch.setattr("monai_cnf.bundle.workflows.run_training", lambda bundle, **kw: seen.update(kw, bundle=bundle))
+    monkeypatch.setattr("monai_cnf.cli.main.show_table", lambda *a, **k: None)
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
