@@ -73,7 +73,8 @@ def trained_run(tmp_path_factory) -> Path:
         "max_epochs": 2,
     }.items():
         args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # the store is the one named here (an in-process CLI test may have left MLFLOW_TRACKING_URI set)
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "SYNTHETIC retina set" in proc.stdout + proc.stderr  # it says it trains on synthetic data

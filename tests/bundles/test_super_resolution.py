@@ -64,7 +64,8 @@ def trained_run(tmp_path_factory) -> Path:
     args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(_files("train.json", "cpu.json"))]
     for key, value in {**TINY, "output_dir": str(out), "tracking_uri": _DB["uri"], "max_epochs": 2}.items():
         args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # the store is the one named here (an in-process CLI test may have left MLFLOW_TRACKING_URI set)
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
