@@ -182,7 +182,12 @@ class MLflowModelHandler:
         example_size: int = 32,
         enabled: bool = True,
     ) -> None:
+        from monai_cnf.tracking.utils import resolve_tracking_uri
+
         registered_model_name(bundle, model_kind)  # validates the names before any training
+        # resolved now, as CNFMLFlowHandler resolves its store when it is built (MLFLOW_TRACKING_URI first, which the
+        # CLI sets), so both write into the same store whatever the environment is later
+        self._uri = resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri)
         self.network = network
         self.run_dir = Path(run_dir)
         self.bundle, self.model_kind = bundle, model_kind
@@ -218,7 +223,7 @@ class MLflowModelHandler:
         self._example = image[crop].detach().float().cpu().clone()
 
     def _log(self, artifact_path: str) -> None:
-        from monai_cnf.tracking.utils import read_run_id, resolve_tracking_uri
+        from monai_cnf.tracking.utils import read_run_id
 
         run_id = read_run_id(self.run_dir)
         if run_id is None or self._example is None:
@@ -228,9 +233,11 @@ class MLflowModelHandler:
         try:
             version = log_sampling_model(
                 self.network, run_id, self._example, self.bundle, self.model_kind, artifact_path=artifact_path,
-                # the store CNFMLFlowHandler chose for the run (it lets MLFLOW_TRACKING_URI win, as the CLI sets it)
-                tracking_uri=resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri),
+                tracking_uri=self._uri,
             )  # fmt: skip
+        except mlflow.exceptions.MlflowException as err:  # the registry is a by-product: never stop training for it
+            logger.warning("could not log the model to MLflow (%s): %s", self._uri, err)
+            return
         finally:
             self.network.train(training)
         self.versions.append(version)
