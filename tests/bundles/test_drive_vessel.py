@@ -107,7 +107,7 @@ def test_train_writes_checkpoints_and_plain_model(trained_run: Path) -> None:
     assert (trained_run / "mlflow_run_id").is_file()
 
 
-def test_training_registers_sampling_models_in_mlflow(trained_run: Path) -> None:
+def test_training_registers_sampling_models_in_mlflow(trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each new best validation score and the end of training log the model into the run and register it."""
     import mlflow
 
@@ -117,8 +117,8 @@ def test_training_registers_sampling_models_in_mlflow(trained_run: Path) -> None
     assert len(versions) >= 2 and {v.run_id for v in versions} == {run_id}  # >= 1 best + the final model
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"model", "model_final"} <= artifacts
-    mlflow.set_tracking_uri(_DB["uri"])
     latest = max(int(v.version) for v in versions)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", _DB["uri"])  # models:/ resolves against it (no global state left)
     served = mlflow.pyfunc.load_model(f"models:/drive_vessel-cnf/{latest}")
     x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
     out = served.predict(x, params={"num_samples": 3, "return_samples": True})

@@ -31,7 +31,7 @@ def store(tmp_path, monkeypatch):
     return uri, client, client.create_run(experiment).info.run_id
 
 
-def test_registered_model_samples_like_the_network(store) -> None:
+def test_registered_model_samples_like_the_network(store, monkeypatch) -> None:
     uri, client, run_id = store
     net = _cnf()
     x = torch.rand(2, 3, 16, 16)
@@ -40,7 +40,7 @@ def test_registered_model_samples_like_the_network(store) -> None:
     assert client.get_run(run_id).info.status == "RUNNING"  # logging does not end the training run
     assert "model/MLmodel" in {a.path for a in client.list_artifacts(run_id, "model")}
 
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # models:/ resolves against it (no global state left)
     served = mlflow.pyfunc.load_model(f"models:/drive_vessel-cnf/{version.version}")
     params = served.metadata.get_params_schema().to_dict()
     assert {p["name"] for p in params} == {"num_samples", "temperature", "seed", "return_samples"}
