@@ -58,7 +58,11 @@ class ConditionalLikelihoodModel(nn.Module):
 
     def bits_per_dim(self, y: Tensor, x: Tensor, num_samples: int = 1, mask: Tensor | None = None) -> Tensor:
         """Bits per real label element, ``-log2 p / D``, ``D`` the elements of ``y`` inside ``mask`` (all without
-        one; :func:`monai_cnf.metrics.real_dims`); shape ``(B,)``. Subclasses say how ``mask`` is used."""
+        one; :func:`monai_cnf.metrics.real_dims`); shape ``(B,)``.
+
+        This default divides the joint ``log_prob`` of all of ``y`` (padding included) by the real count: for a
+        flow, since ``p(y) <= p(y[mask])``, a conservative bound on the real pixels' bits/dim. A factored model
+        overrides it with its exact masked sum."""
         from monai_cnf.metrics.likelihood import bits_per_dim, real_dims
 
         return bits_per_dim(self.log_prob(y, x, num_samples=num_samples), real_dims(y, mask))

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from monai_cnf.metrics.likelihood import bits_per_dim, real_dims
 from monai_cnf.networks.base import ConditionalLikelihoodModel, Task
 from monai_cnf.networks.conditioners.rrdb import RRDBConditioner
 from monai_cnf.networks.conditioners.vgg import VGGConditioner
@@ -323,15 +322,6 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         if k == 1:
             return log_w
         return torch.logsumexp(log_w.view(k, y.shape[0]), dim=0) - math.log(k)
-
-    def bits_per_dim(self, y: Tensor, x: Tensor, num_samples: int = 1, mask: Tensor | None = None) -> Tensor:
-        """Bits per real label element, ``-log_prob(y, x) / (D ln 2)``; shape ``(B,)``.
-
-        ``D`` counts the elements of ``y`` inside ``mask`` (all of them without one; see
-        :func:`monai_cnf.metrics.real_dims`). The flow models all of ``y`` jointly, padding included, and
-        ``p(y) <= p(y[mask])``, so with a mask this is a conservative bound on the bits/dim of the real pixels.
-        """
-        return bits_per_dim(self.log_prob(y, x, num_samples=num_samples), real_dims(y, mask))
 
     # ------------------------------------------------------------------ latents
     def encode(self, v: Tensor, x: Tensor) -> list[Tensor]:
