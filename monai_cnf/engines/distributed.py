@@ -163,8 +163,15 @@ def init_distributed(device: str | torch.device, timeout_s: float | None = None)
 
 
 def destroy_distributed() -> None:
-    """Leave the process group (``finalize``); no-op outside one."""
+    """Leave the process group (``finalize``) once every rank has got here; no-op outside one.
+
+    The barrier matters: rank 0 may still be writing (the final checkpoint, the MLflow model) when the other ranks
+    finish. A rank that tears down its gloo group while a peer is still connected aborts
+    ("terminate called without an active exception"), and torchrun then kills rank 0 mid-write.
+    """
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

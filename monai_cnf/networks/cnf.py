@@ -159,7 +159,11 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
     ``"none"`` models continuous ``y`` exactly. With ``num_samples = K > 1``, :meth:`log_prob` returns the
     importance-weighted bound :math:`\log \frac1K \sum_k p(v_k|x)/q(v_k|y,x)` (tighter, still a lower bound).
     Internally the flow sees ``v - 0.5`` (centred; a shift has no Jacobian), which also keeps binary quantization
-    exact in float32; :meth:`encode` and :meth:`decode` use ``v`` itself.
+    exact in float32; :meth:`encode` and :meth:`decode` use ``v`` itself. With ``residual=True`` (super-resolution)
+    the shift is the interpolated condition instead: the flow models ``v - b(x)``, where ``b(x)`` is ``x`` upsampled
+    bilinearly to the target (in ``v``'s units: ``(255 b + 0.5) / 256`` for 8-bit targets). That shift is
+    conditional and volume preserving (log-det 0), so :meth:`log_prob` needs no correction, and the temperature-0
+    prediction starts at the interpolated image, as the factored baseline's mean does (``residual=True`` there).
     Under ``torch.autocast`` (mixed precision) only the conditioner runs in low precision: its features are cast
     to float32 and the flow, its log-determinants, the prior and the dequantizer run with autocast disabled.
 
@@ -182,6 +186,8 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         scale: target size / ``x`` size (2 for 2x super-resolution, where ``x`` is the LR image). Defaults to 1.
         cond_channels: channels per level of a custom conditioner without ``out_channels``. Defaults to None.
         clamp: soft clamp of affine log-scales. Defaults to 2.0.
+        residual: model the target as a correction of the interpolated ``x`` (above); needs
+            ``in_channels == out_channels`` and ``dequantization="uniform"`` or ``"none"``. Defaults to False.
 
     Example:
         >>> model = ConditionalNormalizingFlow(spatial_dims=2, in_channels=3, out_channels=1, num_levels=2,
@@ -208,6 +214,7 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         scale: int = 1,
         cond_channels: Sequence[int] | None = None,
         clamp: float = 2.0,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -243,6 +250,13 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
                 raise ValueError("`dequantizer_kwargs` given but dequantization='none' has no dequantizer.")
             self.dequantizer = None
         self.shift = 0.0 if dequantization == "none" else 0.5
+        self.residual = bool(residual)
+        if self.residual and (dequantization == "binary" or in_channels != out_channels):
+            raise ValueError(
+                "`residual=True` models the target as a correction of the interpolated condition, so it needs "
+                f"in_channels == out_channels (got {in_channels}, {out_channels}) and 8-bit or continuous targets "
+                f"(dequantization 'uniform' or 'none', got {dequantization!r})."
+            )
 
     @property
     def divisor(self) -> int:
@@ -278,13 +292,30 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
             x = F.interpolate(x, scale_factor=self.scale, mode="bilinear" if self.spatial_dims == 2 else "trilinear")
         return torch.cat([x, F.interpolate(conds[0], scale_factor=2, mode="nearest")], dim=1)
 
-    def _quantize_centred(self, w: Tensor) -> Tensor:
-        """Quantize a centred flow output ``w = v - shift`` to labels."""
+    def _offset(self, x: Tensor) -> Tensor | float:
+        """What the flow's input is shifted by: ``v = w + offset``; 0.5 (or 0), or the interpolated ``x`` (residual).
+
+        The offset does not depend on ``v``, so the shift's log-determinant is 0.
+        """
+        if not self.residual:
+            return self.shift
+        base = x
+        if self.scale != 1:
+            mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+            base = F.interpolate(x, scale_factor=self.scale, mode=mode, align_corners=False)
+        if self.dequantization == "uniform":
+            # x holds grey levels / 255 and v = (y + u) / num_bins: the centre of the bin of 255 * base
+            num_bins = self.dequantizer.num_bins  # type: ignore[union-attr]
+            return ((num_bins - 1) * base + 0.5) / num_bins
+        return base
+
+    def _quantize_centred(self, w: Tensor, offset: Tensor | float) -> Tensor:
+        """Quantize a flow output ``w = v - offset`` to labels."""
         if self.dequantization == "binary":
             return (w > 0).to(w.dtype)
         if self.dequantization == "uniform":
-            return self.dequantizer.quantize(w + self.shift)  # type: ignore[union-attr]
-        return w + self.shift
+            return self.dequantizer.quantize(w + offset)  # type: ignore[union-attr]
+        return w + offset
 
     @staticmethod
     def _repeat(t: Tensor, k: int) -> Tensor:
@@ -311,13 +342,15 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         check_target(y, x, self.out_channels, self.divisor, self.scale, self.dequantization, num_bins)
         with _float32(x):
             if self.dequantizer is None:
-                return self.flow.log_prob(_full(y), conds)
+                return self.flow.log_prob(_full(y) - self._offset(_full(x)), conds)
             k = int(num_samples)
             context = self._context(_full(x), conds) if isinstance(self.dequantizer, BinaryDequantizer) else None
             y_k = self._repeat(_full(y), k)
             ctx_k = None if context is None else self._repeat(context, k)
             v, log_q = self.dequantizer(y_k, ctx_k, generator=generator)
-            log_p = self.flow.log_prob(v - self.shift, [self._repeat(h, k) for h in conds])
+            offset = self._offset(_full(x))
+            offset = self._repeat(offset, k) if isinstance(offset, Tensor) else offset
+            log_p = self.flow.log_prob(v - offset, [self._repeat(h, k) for h in conds])
             log_w = log_p - log_q
         if k == 1:
             return log_w
@@ -328,13 +361,13 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         """Standardised latents of the dequantized ``v`` (coarse last); :meth:`decode` is the exact inverse."""
         conds = self._conds(x)
         with _float32(x):
-            return self.flow.encode(_full(v) - self.shift, conds)
+            return self.flow.encode(_full(v) - self._offset(_full(x)), conds)
 
     def decode(self, zs: Sequence[Tensor], x: Tensor) -> Tensor:
         """Map latents (as from :meth:`encode`) back to ``v`` (not quantized)."""
         conds = self._conds(x)
         with _float32(x):
-            return self.flow.decode([_full(z) for z in zs], conds) + self.shift
+            return self.flow.decode([_full(z) for z in zs], conds) + self._offset(_full(x))
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -367,6 +400,8 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         conds = self._conds(x)
         target = (x.shape[0], self.out_channels, *(s * self.scale for s in x.shape[2:]))
         shapes = self.flow.latent_shapes(target)
+        with _float32(x):
+            offset = self._offset(_full(x))
         out = []
         done = 0
         while done < num_samples:
@@ -382,7 +417,8 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
                 zs = [torch.cat([d[i] for d in draws], dim=0) * temperature for i in range(len(shapes))]
             with _float32(x):
                 w = self.flow.decode([_full(z) for z in zs], [self._repeat(h, k) for h in conds])
-            out.append(self._quantize_centred(w).view(k, x.shape[0], *w.shape[1:]))
+            off = self._repeat(offset, k) if isinstance(offset, Tensor) else offset
+            out.append(self._quantize_centred(w, off).view(k, x.shape[0], *w.shape[1:]))
             done += k
         return torch.cat(out, dim=0)
 

@@ -218,6 +218,12 @@ def test_super_resolution_bundle_trains_with_two_processes(tmp_path: Path) -> No
         "num_val": 2, "num_samples": 1, "num_steps": 1, "hidden_channels": 8, "rrdb_blocks": 1,
         "rrdb_growth_channels": 4, "rrdb_feature_channels": 8, "patch_size": [16, 16], "val_crop": [32, 32],
         "dataset_repeats": 1, "train#batch_size": 2, "train#epoch_length": 2, "progress": False, "max_epochs": 2,
+        # rank 0 still busy (as when it writes its MLflow model) when rank 1 reaches `finalize`: rank 1 must wait for
+        # it, not tear its gloo group down and abort (CI saw that abort; torchrun then killed rank 0 mid-write)
+        "finalize": [
+            "$__import__('time').sleep(3.0 if monai_cnf.engines.is_main_process() else 0.0)",
+            "$monai_cnf.engines.destroy_distributed()",
+        ],
     }  # fmt: skip
     for key, value in tiny.items():
         args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]

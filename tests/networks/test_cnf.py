@@ -287,3 +287,49 @@ def test_bad_input_errors_name_the_argument_and_the_fix() -> None:
         model.log_prob(y, x, num_samples=0)
     with pytest.raises(ValueError, match="temperature"):
         model.sample(x, temperature=-1.0)
+
+
+def _sr(residual: bool, dequantization: str = "none") -> ConditionalNormalizingFlow:
+    return ConditionalNormalizingFlow(
+        2, 3, 3, num_levels=2, num_steps=2, hidden_channels=8, conditioner="rrdb", coupling="affine",
+        dequantization=dequantization, scale=2, residual=residual,
+        conditioner_kwargs={"num_blocks": 1, "growth_channels": 4, "feature_channels": 8},
+    ).double()  # fmt: skip
+
+
+def test_residual_shift_is_volume_preserving_float64() -> None:
+    """residual=True: log p(y | x) is the plain flow's density of y - upsample(x) (the shift's log-det is 0)."""
+    torch.manual_seed(0)
+    plain, residual = _sr(False), _sr(True)
+    x = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    base = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    y = base + 0.1 * torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    residual.log_prob(y, x)  # ActNorm init on the residual
+    plain.load_state_dict(residual.state_dict())  # the shift adds no parameter
+    torch.testing.assert_close(residual.log_prob(y, x), plain.log_prob(y - base, x), rtol=1e-12, atol=1e-12)
+    zs = residual.encode(y, x)
+    torch.testing.assert_close(residual.decode(zs, x), y, rtol=0, atol=1e-10)
+    # the temperature-0 prediction is the interpolated image plus the flow's correction
+    zero = [torch.zeros_like(z) for z in zs]
+    torch.testing.assert_close(residual.decode(zero, x) - base, plain.decode(zero, x), rtol=0, atol=1e-12)
+
+
+def test_residual_8bit_bins_are_centred_on_the_interpolated_grey_level() -> None:
+    model = _sr(True, "uniform")
+    x = torch.randint(0, 256, (1, 3, 4, 4), dtype=torch.float64) / 255
+    y = torch.randint(0, 256, (1, 3, 8, 8)).double()
+    offset = model._offset(x)
+    base = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    # v = (y + u) / 256: the offset sits in the middle of the bin of the interpolated grey level 255 * base
+    torch.testing.assert_close(model.dequantizer.quantize(offset), torch.floor(255 * base + 0.5).clamp(0, 255))
+    torch.testing.assert_close(offset, (255 * base + 0.5) / 256)
+    assert torch.isfinite(model.log_prob(y, x)).all()
+    s = model.sample(x, num_samples=2, temperature=0.5)
+    assert torch.equal(s, s.round()) and s.min() >= 0 and s.max() <= 255
+
+
+def test_residual_needs_matching_channels_and_non_binary_targets() -> None:
+    with pytest.raises(ValueError, match="in_channels == out_channels"):
+        ConditionalNormalizingFlow(2, 3, 1, dequantization="none", residual=True)
+    with pytest.raises(ValueError, match="dequantization 'uniform' or 'none'"):
+        ConditionalNormalizingFlow(2, 1, 1, dequantization="binary", residual=True)
