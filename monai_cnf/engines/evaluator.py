@@ -48,6 +48,13 @@ class FlowEvaluator(SupervisedEvaluator):
     ``"bpd_paper"``, the paper's protocol: the label and image zero-padded (centred) to that size and every element
     counted (1024x1024 for DRIVE).
 
+    Super-resolution (the paper's Table 2 protocol): with ``crop_to_divisor`` a label whose size is not a multiple
+    of the model's ``divisor`` (``2**L``) is scored on its largest top-left region that is (at most ``2**L - 1``
+    rows/columns dropped; pair it with ``SampleInferer(pad_to_divisor=True)``, which pads instead, so PSNR/SSIM see
+    the whole image); with ``bpd_crops_per_image = n`` the evaluator also reports ``"bpd_crops"``, each image's mean
+    bits/dim over ``n`` random ``bpd_crop_size`` crops (uniform positions on the LR grid, a fixed seed per image),
+    so :class:`BitsPerDim` over ``"bpd_crops"`` is the mean over all ``n x len(dataset)`` crops.
+
     Args:
         device: evaluation device.
         val_data_loader: loader of dict batches with ``"image"``, ``"label"`` (and ``extra_keys``).
@@ -58,6 +65,11 @@ class FlowEvaluator(SupervisedEvaluator):
             Defaults to ``"mask"``.
         paper_spatial_size: also compute ``"bpd_paper"`` over the label zero-padded to this size (e.g.
             ``(1024, 1024)``); None skips it. Defaults to None.
+        crop_to_divisor: score ``"bpd"`` on the largest region divisible by the model's ``divisor``. Defaults to
+            False (the model raises on such sizes).
+        bpd_crops_per_image: random crops per image for ``"bpd_crops"``; 0 skips it. Defaults to 0.
+        bpd_crop_size: the crops' label size (e.g. ``(128, 128)``). Defaults to None.
+        bpd_crop_seed: seed of the crop positions (image ``i`` uses ``seed + i``). Defaults to 0.
         kwargs: any other :class:`~monai.engines.SupervisedEvaluator` argument (``inferer``, ``key_val_metric``,
             ``additional_metrics``, ``val_handlers``, ``postprocessing``, ``epoch_length``, ...).
 
@@ -75,6 +87,10 @@ class FlowEvaluator(SupervisedEvaluator):
         extra_keys: Sequence[str] = ("mask",),
         mask_key: str | None = "mask",
         paper_spatial_size: Sequence[int] | None = None,
+        crop_to_divisor: bool = False,
+        bpd_crops_per_image: int = 0,
+        bpd_crop_size: Sequence[int] | None = None,
+        bpd_crop_seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(device=torch.device(device), val_data_loader=val_data_loader, network=network, **kwargs)
@@ -82,6 +98,15 @@ class FlowEvaluator(SupervisedEvaluator):
         self.extra_keys = tuple(extra_keys)
         self.mask_key = mask_key
         self.paper_spatial_size = None if paper_spatial_size is None else tuple(int(s) for s in paper_spatial_size)
+        self.crop_to_divisor = bool(crop_to_divisor)
+        if int(bpd_crops_per_image) < 0 or (int(bpd_crops_per_image) > 0 and not bpd_crop_size):
+            raise ValueError(
+                f"`bpd_crops_per_image` must be >= 0 and needs `bpd_crop_size`, got {bpd_crops_per_image}, "
+                f"{bpd_crop_size}."
+            )
+        self.bpd_crops_per_image = int(bpd_crops_per_image)
+        self.bpd_crop_size = None if not bpd_crop_size else tuple(int(s) for s in bpd_crop_size)
+        self.bpd_crop_seed = int(bpd_crop_seed)
 
     def _iteration(self, engine: FlowEvaluator, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
         if batchdata is None:
@@ -103,7 +128,19 @@ class FlowEvaluator(SupervisedEvaluator):
                 mask = batchdata.get(engine.mask_key) if engine.mask_key and isinstance(batchdata, dict) else None
                 mask = None if mask is None else torch.as_tensor(mask).to(engine.state.device)
                 with torch.no_grad():
-                    engine.state.output["bpd"] = engine.network.bits_per_dim(targets, inputs, mask=mask).float()
+                    y, x = (
+                        (targets, inputs)
+                        if not engine.crop_to_divisor
+                        else _crop_to_divisor(targets, inputs, engine.network)
+                    )
+                    if mask is not None and y.shape != targets.shape:
+                        mask = mask[(..., *(slice(0, n) for n in y.shape[2:]))]
+                    engine.state.output["bpd"] = engine.network.bits_per_dim(y, x, mask=mask).float()
+                    if engine.bpd_crops_per_image:
+                        seed = engine.bpd_crop_seed + engine.state.iteration - 1
+                        engine.state.output["bpd_crops"] = _random_crop_bpd(
+                            engine.network, targets, inputs, engine.bpd_crop_size, engine.bpd_crops_per_image, seed
+                        )
                     if engine.paper_spatial_size is not None:
                         y, x = (
                             _centre_pad(targets, engine.paper_spatial_size),
@@ -115,6 +152,51 @@ class FlowEvaluator(SupervisedEvaluator):
                 value = batchdata[key]
                 engine.state.output[key] = value.to(engine.state.device) if hasattr(value, "to") else value
         return engine.state.output
+
+
+def _crop_to_divisor(y: torch.Tensor, x: torch.Tensor, network: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest top-left region of ``y`` divisible by the model's ``divisor``, and the matching ``x``."""
+    scale, divisor = int(getattr(network, "scale", 1)), int(getattr(network, "divisor", 1))
+    step = divisor * scale // math.gcd(divisor, scale)  # a multiple of the divisor and of the scale
+    keep = [n - n % step for n in y.shape[2:]]
+    if any(k == 0 for k in keep):
+        raise ValueError(f"label of size {tuple(y.shape[2:])} is smaller than the model's divisor {step}.")
+    y = y[(slice(None), slice(None), *(slice(0, k) for k in keep))]
+    x = x[(slice(None), slice(None), *(slice(0, k // scale) for k in keep))]
+    return y, x
+
+
+def _random_crop_bpd(
+    network: Any, y: torch.Tensor, x: torch.Tensor, size: Sequence[int], count: int, seed: int, chunk: int = 16
+) -> torch.Tensor:
+    """Per image, the mean bits/dim of ``count`` random ``size`` crops of ``y`` (and the matching ``x``): ``(B,)``.
+
+    Crop corners are uniform on the LR grid (``x``), so label and image crops stay aligned; a fixed seed per call.
+    """
+    scale = int(getattr(network, "scale", 1))
+    if len(size) != y.ndim - 2 or any(s % scale or s > n for s, n in zip(size, y.shape[2:], strict=True)):
+        raise ValueError(
+            f"`bpd_crop_size` {tuple(size)} must be a multiple of the scale {scale} and fit in the label "
+            f"{tuple(y.shape[2:])}; lower it or skip the smaller images."
+        )
+    gen = torch.Generator().manual_seed(int(seed))
+    lr = [s // scale for s in size]
+    out = []
+    for b in range(y.shape[0]):
+        corners = [torch.randint(0, n - s + 1, (count,), generator=gen) for n, s in zip(x.shape[2:], lr, strict=True)]
+        boxes = [[int(c[i]) for c in corners] for i in range(count)]  # LR corner of each crop
+        values = []
+        for first in range(0, count, chunk):
+            group = boxes[first : first + chunk]
+            xs = torch.stack([x[b][(slice(None), *_box(c, lr, 1))] for c in group])
+            ys = torch.stack([y[b][(slice(None), *_box(c, size, scale))] for c in group])
+            values.append(network.bits_per_dim(ys, xs).float())
+        out.append(torch.cat(values).mean())
+    return torch.stack(out)
+
+
+def _box(corner: Sequence[int], size: Sequence[int], scale: int) -> tuple[slice, ...]:
+    return tuple(slice(scale * c, scale * c + s) for c, s in zip(corner, size, strict=True))
 
 
 def _centre_pad(t: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,11 @@ class SampleInferer(Inferer):
         exact_mean: for a model with closed-form moments (``exact_moments``: the factored Bernoulli at temperature
             1), return them instead of Monte-Carlo estimates (samples, when requested, are still drawn).
             Defaults to True.
+        pad_to_divisor: for an input whose target size (``x`` size times the model's ``scale``) is not a multiple
+            of the model's ``divisor`` (``2**num_levels``), pad ``x`` at the end of each spatial axis (edge values,
+            ``mode="replicate"``), sample the padded image and crop every output back to the target size (as the
+            paper does for Set14/BSD100: pad right and bottom, score the original region). False raises the model's
+            error instead. Defaults to False.
 
     Returns (from ``__call__``):
         the mean ``(B, C, *spatial)`` when neither ``return_std`` nor ``return_samples`` is set, else a dict with
@@ -70,6 +76,7 @@ class SampleInferer(Inferer):
         overlap: float = 0.25,
         generator: torch.Generator | None = None,
         exact_mean: bool = True,
+        pad_to_divisor: bool = False,
     ) -> None:
         super().__init__()
         if int(num_samples) < 1:
@@ -88,6 +95,7 @@ class SampleInferer(Inferer):
         self.overlap = float(overlap)
         self.generator = generator
         self.exact_mean = bool(exact_mean)
+        self.pad_to_divisor = bool(pad_to_divisor)
 
     def _draw(self, network: Any, x: torch.Tensor, n: int) -> torch.Tensor:
         s = network.sample(x, num_samples=n, temperature=self.temperature, generator=self.generator, chunk_size=n)
@@ -132,11 +140,16 @@ class SampleInferer(Inferer):
                 f"{type(network).__name__}."
             )
         with torch.no_grad():
-            if self.roi_size is None or _fits(inputs, self.roi_size):
-                mean, second, samples = self._moments(inputs, network)
+            padded, target = _pad_to_divisor(inputs, network) if self.pad_to_divisor else (inputs, None)
+            if self.roi_size is None or _fits(padded, self.roi_size):
+                mean, second, samples = self._moments(padded, network)
             else:
-                mean, second, samples = self._sliding(inputs, network)
+                mean, second, samples = self._sliding(padded, network)
         mean, second = _plain(mean), _plain(second)
+        if target is not None:  # crop the padding off again
+            crop = (slice(None), slice(None), *(slice(0, n) for n in target))
+            mean, second = mean[crop], second[crop]
+            samples = None if samples is None else samples[(slice(None), *crop)]
         if not (self.return_std or self.return_samples):
             return _like(mean, inputs)
         out: dict[str, torch.Tensor] = {"pred": _like(mean, inputs)}
@@ -226,6 +239,25 @@ def window_tiles(
             [(slice(st, st + roi), slice(cuts[k], cuts[k + 1])) for k, st in enumerate(starts) if cuts[k + 1] > cuts[k]]
         )
     return [(tuple(a[0] for a in combo), tuple(a[1] for a in combo)) for combo in itertools.product(*per_axis)]
+
+
+def _pad_to_divisor(inputs: torch.Tensor, network: Any) -> tuple[torch.Tensor, tuple[int, ...] | None]:
+    """``inputs`` edge-padded at the end of each axis so its target fits the model, and the unpadded target size.
+
+    Returns ``(inputs, None)`` when nothing needs padding.
+    """
+    scale, divisor = int(getattr(network, "scale", 1)), int(getattr(network, "divisor", 1))
+    step = divisor // math.gcd(divisor, scale)  # x size multiple of this <=> target size multiple of divisor
+    spatial = tuple(int(n) for n in inputs.shape[2:])
+    extra = [(-n) % step for n in spatial]
+    if not any(extra):
+        return inputs, None
+    pad: list[int] = []
+    for e in reversed(extra):
+        pad += [0, e]
+    # replicate padding needs a float tensor without MONAI metadata
+    padded = torch.nn.functional.pad(_plain(inputs).float(), pad, mode="replicate").to(inputs.dtype)
+    return padded, tuple(n * scale for n in spatial)
 
 
 def _fits(inputs: torch.Tensor, roi_size: Sequence[int] | int) -> bool:

@@ -76,7 +76,9 @@ def hr_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("hr")
     rng = np.random.default_rng(0)
     for i, shape in enumerate([(36, 44), (42, 30)]):
-        Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+        # smooth, photo-like images (coarse noise, bicubic-upsampled): the model was trained on photos
+        coarse = Image.fromarray(rng.integers(0, 256, (shape[0] // 6, shape[1] // 6, 3), dtype=np.uint8))
+        coarse.resize((shape[1], shape[0]), Image.BICUBIC).save(folder / f"img{i}.png")
     return folder
 
 
@@ -98,14 +100,19 @@ def test_train_checkpoints(trained_run: Path) -> None:
 
 
 def test_evaluate_on_a_folder(trained_run: Path, hr_folder: Path) -> None:
-    wf = _workflow(_files("train.json", "cpu.json", "evaluate.json"), trained_run, eval_dir=str(hr_folder))
+    """The standard protocol on a folder of HR images: mod-crop to the scale, pad for the flow, crop bits/dim."""
+    crops = {"bpd_num_crops": 10, "bpd_crop_size": [16, 16], "val_crop": [-1, -1]}  # whole images
+    wf = _workflow(_files("train.json", "cpu.json", "evaluate.json"), trained_run, eval_dir=str(hr_folder), **crops)
     wf.run()
     evaluator = wf.parser.get_parsed_content("validate#evaluator")
     metrics = evaluator.state.metrics
     wf.finalize()
-    assert set(metrics) >= {"psnr_y", "ssim_y", "bpd"}
+    assert set(metrics) >= {"psnr_y", "ssim_y", "bpd", "bpd_crops"}
     assert evaluator.state.iteration == 2  # both images of the folder
-    assert 0 < metrics["psnr_y"] < 100 and -1 <= metrics["ssim_y"] <= 1 and 0 < metrics["bpd"] < 16
+    assert 0 < metrics["psnr_y"] < 100 and -1 <= metrics["ssim_y"] <= 1
+    assert 0 < metrics["bpd"] < 16 and 0 < metrics["bpd_crops"] < 16
+    # the 42 x 30 image: the prediction is scored at its mod-2 size, padded to 44 x 32 for the flow and cropped back
+    assert tuple(evaluator.state.output["pred"].shape[-2:]) == (42, 30)
 
 
 def test_inference_upscales_by_two_and_undoes_padding(trained_run: Path, tmp_path: Path) -> None:

@@ -258,3 +258,79 @@ def test_evaluator_bits_per_real_pixel_and_paper_protocol() -> None:
     assert evaluator.state.metrics["bpd"] == pytest.approx(expected, rel=1e-5)
     assert evaluator.state.metrics["bpd_paper"] == pytest.approx(paper, rel=1e-5)
     assert evaluator.state.metrics["bpd_paper"] < evaluator.state.metrics["bpd"]  # padding is easy: diluted
+
+
+class _Upsampler(ConditionalLikelihoodModel):
+    """Samples the nearest-upsampled x (scale 2); like a 2-level flow it refuses targets not divisible by 4."""
+
+    scale, divisor = 2, 4
+
+    def sample(self, x, num_samples=1, temperature=1.0, generator=None, chunk_size=None):
+        if any((n * self.scale) % self.divisor for n in x.shape[2:]):
+            raise ValueError("target not divisible by 4")
+        up = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+        return up.unsqueeze(0).expand(num_samples, *up.shape).clone()
+
+
+def test_pad_to_divisor_pads_the_end_and_crops_the_target_back() -> None:
+    x = torch.rand(1, 3, 5, 7)  # target 10 x 14, not divisible by 4
+    with pytest.raises(ValueError, match="divisible"):
+        SampleInferer(num_samples=1, temperature=0.0)(x, _Upsampler())
+    out = SampleInferer(num_samples=2, temperature=1.0, return_samples=True, pad_to_divisor=True)(x, _Upsampler())
+    expected = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+    assert out["pred"].shape == (1, 3, 10, 14) and out["samples"].shape == (2, 1, 3, 10, 14)
+    torch.testing.assert_close(out["pred"], expected)  # the padding (at the end) never shifts the image
+    torch.testing.assert_close(out["samples"][1], expected)
+
+
+def _logistic_sr(seed: int = 0):
+    from monai_cnf.networks import FactoredBaseline
+
+    torch.manual_seed(seed)
+    net = FactoredBaseline(
+        2, 3, 3, num_levels=2, conditioner="rrdb", likelihood="logistic", hidden_channels=8, scale=2,
+        conditioner_kwargs={"num_blocks": 1, "growth_channels": 4, "feature_channels": 8},
+    )  # fmt: skip
+    with torch.no_grad():
+        for p in net.out[-1].parameters():
+            p.normal_(0.0, 0.3)
+    return net.eval()
+
+
+def _sr_evaluator(net, x, y, **kwargs) -> FlowEvaluator:
+    data = [{"image": x[i], "label": y[i]} for i in range(x.shape[0])]
+    extra = {"bpd_crops": BitsPerDim(from_engine(["bpd_crops"]))} if kwargs.get("bpd_crops_per_image") else None
+    evaluator = FlowEvaluator(
+        "cpu", DataLoader(data, batch_size=1), net, inferer=SampleInferer(1, 0.0, pad_to_divisor=True),
+        key_val_metric={"bpd": BitsPerDim()}, additional_metrics=extra, **kwargs,
+    )  # fmt: skip
+    evaluator.run()
+    return evaluator
+
+
+def test_sr_bits_per_dim_on_the_divisible_region_and_on_random_crops() -> None:
+    """Whole images: bits/dim of the largest region divisible by 2**L (exact for the factored model); random
+    crops: each image's mean over its crops, reproducible, and a crop of the whole image is the whole image."""
+    net = _logistic_sr()
+    x = torch.randint(0, 256, (2, 3, 5, 7)).float() / 255  # targets 10 x 14
+    y = torch.randint(0, 256, (2, 3, 10, 14)).float()
+    with pytest.raises(ValueError, match="divisible"):
+        _sr_evaluator(net, x, y)
+    evaluator = _sr_evaluator(net, x, y, crop_to_divisor=True)
+    with torch.no_grad():
+        expected = net.bits_per_dim(y[..., :8, :12], x[..., :4, :6]).mean().item()
+    assert evaluator.state.metrics["bpd"] == pytest.approx(expected, rel=1e-6)
+    assert evaluator.state.output["pred"].shape[-2:] == (10, 14)  # the prediction covers the whole image
+
+    x8, y8 = x[..., :4, :6], y[..., :8, :12]
+    whole = _sr_evaluator(net, x8, y8, bpd_crops_per_image=3, bpd_crop_size=(8, 12))
+    assert whole.state.metrics["bpd_crops"] == pytest.approx(whole.state.metrics["bpd"], rel=1e-6)
+    calls = []
+    original = net.bits_per_dim
+    net.bits_per_dim = lambda yy, xx, **kw: calls.append(tuple(yy.shape)) or original(yy, xx, **kw)
+    a = _sr_evaluator(net, x8, y8, bpd_crops_per_image=5, bpd_crop_size=(4, 4), bpd_crop_seed=1)
+    assert calls.count((5, 3, 4, 4)) == 2  # 5 crops of each of the 2 images, one batch each
+    b = _sr_evaluator(net, x8, y8, bpd_crops_per_image=5, bpd_crop_size=(4, 4), bpd_crop_seed=1)
+    assert a.state.metrics["bpd_crops"] == b.state.metrics["bpd_crops"]  # a fixed seed: the same crops
+    with pytest.raises(ValueError, match="multiple of the scale"):
+        _sr_evaluator(net, x8, y8, bpd_crops_per_image=1, bpd_crop_size=(3, 4))
