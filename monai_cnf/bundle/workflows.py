@@ -143,6 +143,19 @@ def _parsed(workflow: Any, key: str) -> Any:
         return None
 
 
+def _protocol(workflow: Any) -> dict[str, str]:
+    """What the numbers are: the prediction scored (one sample or a mean of samples, at which temperature) and
+    the bundle's ``metric_notes`` (e.g. what each bits/dim counts), for the results table."""
+    n, t = _parsed(workflow, "num_samples"), _parsed(workflow, "temperature")
+    info: dict[str, str] = {}
+    if n is not None and t is not None:
+        kind = "one sample" if int(n) == 1 else f"mean of {int(n)} samples"
+        info["prediction scored"] = f"{kind} at temperature {float(t):g}"
+    notes = _parsed(workflow, "metric_notes") or {}
+    info.update({f"{name}": str(note) for name, note in notes.items()})
+    return info
+
+
 def _run_workflow(workflow: Any, run_dir: Path, run_id_file: str | None) -> None:
     """initialize -> run -> finalize; an MLflow run left open by a failure is marked FAILED (KILLED on Ctrl-C).
 
@@ -342,6 +355,7 @@ def run_evaluation(
     result.info.update(
         {
             "split": split,
+            **_protocol(workflow),
             **trained.provenance.describe(),
             "configs": " + ".join(p.name for p in files),
             "resolved config": str(config_path),
