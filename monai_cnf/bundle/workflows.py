@@ -152,7 +152,7 @@ def _protocol(workflow: Any) -> dict[str, str]:
         kind = "one sample" if int(n) == 1 else f"mean of {int(n)} samples"
         info["prediction scored"] = f"{kind} at temperature {float(t):g}"
     notes = _parsed(workflow, "metric_notes") or {}
-    info.update({f"{name}": str(note) for name, note in notes.items()})
+    info.update({f"{name} protocol": str(note) for name, note in notes.items()})
     return info
 
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from monai_cnf.networks.base import ConditionalLikelihoodModel, Task
 from monai_cnf.networks.conditioners.rrdb import RRDBConditioner
+from monai_cnf.networks.conditioners.subnets import get_conv_type, zero_init_
 from monai_cnf.networks.conditioners.vgg import VGGConditioner
 from monai_cnf.networks.dequantizers import (
     BinaryDequantizer,
@@ -21,7 +22,7 @@ from monai_cnf.networks.dequantizers import (
 )
 from monai_cnf.networks.flows.glow import ConditionalGlow
 
-__all__ = ["ConditionalNormalizingFlow", "build_conditioner", "check_condition_image", "check_target"]
+__all__ = ["ConditionalNormalizingFlow", "ShiftHead", "build_conditioner", "check_condition_image", "check_target"]
 
 DEQUANTIZATIONS = ("binary", "uniform", "none")
 
@@ -146,6 +147,44 @@ def check_target(
         raise ValueError("`y` contains NaN or inf; clean or mask the target first.")
 
 
+class ShiftHead(nn.Module):
+    """A regression head on the conditioner's features: the learned part of a CNF's conditional shift.
+
+    The factored baseline's head, built the same way (each level projected by a 1x1 conv to ``hidden_channels``,
+    summed top-down with nearest 2x upsampling, upsampled once more to the target's size, then ``ReLU -> conv 3x3
+    -> ReLU -> conv 1x1``), so a CNF with it holds the baseline's whole mean predictor. The last conv is
+    zero-initialised: the shift starts at 0.
+
+    Args:
+        spatial_dims: 2 or 3.
+        cond_channels: channels of each level's features.
+        out_channels: channels of the target.
+        hidden_channels: width. Defaults to 64.
+
+    Example:
+        >>> head = ShiftHead(2, [8, 16], out_channels=3, hidden_channels=8)
+        >>> head([torch.rand(1, 8, 4, 4), torch.rand(1, 16, 2, 2)]).shape
+        torch.Size([1, 3, 8, 8])
+    """
+
+    def __init__(self, spatial_dims: int, cond_channels: Sequence[int], out_channels: int, hidden_channels: int = 64):
+        super().__init__()
+        conv = get_conv_type(spatial_dims)
+        self.project = nn.ModuleList([conv(int(c), hidden_channels, 1) for c in cond_channels])
+        self.out = nn.Sequential(
+            nn.ReLU(),
+            conv(hidden_channels, hidden_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            zero_init_(conv(hidden_channels, out_channels, 1)),
+        )
+
+    def forward(self, conds: Sequence[Tensor]) -> Tensor:
+        a = self.project[-1](conds[-1])
+        for level in range(len(conds) - 2, -1, -1):
+            a = F.interpolate(a, scale_factor=2, mode="nearest") + self.project[level](conds[level])
+        return self.out(F.interpolate(a, scale_factor=2, mode="nearest"))
+
+
 class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
     r"""Conditional normalizing flow p(y | x) (Winkler et al., 2019): conditioner, dequantizer and conditional Glow.
 
@@ -164,6 +203,9 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
     bilinearly to the target (in ``v``'s units: ``(255 b + 0.5) / 256`` for 8-bit targets). That shift is
     conditional and volume preserving (log-det 0), so :meth:`log_prob` needs no correction, and the temperature-0
     prediction starts at the interpolated image, as the factored baseline's mean does (``residual=True`` there).
+    ``learned_shift=True`` adds a regression head on the conditioner's features (:class:`ShiftHead`, the factored
+    baseline's head) to that shift: the flow models ``v - b(x) - r(h)/2``. It still does not depend on ``v``, so
+    it is volume preserving too; it is trained by the likelihood alone, like the rest of the model.
     Under ``torch.autocast`` (mixed precision) only the conditioner runs in low precision: its features are cast
     to float32 and the flow, its log-determinants, the prior and the dequantizer run with autocast disabled.
 
@@ -188,6 +230,7 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         clamp: soft clamp of affine log-scales. Defaults to 2.0.
         residual: model the target as a correction of the interpolated ``x`` (above); needs
             ``in_channels == out_channels`` and ``dequantization="uniform"`` or ``"none"``. Defaults to False.
+        learned_shift: add the regression head's output to the shift (above; needs ``residual``). Defaults to False.
 
     Example:
         >>> model = ConditionalNormalizingFlow(spatial_dims=2, in_channels=3, out_channels=1, num_levels=2,
@@ -215,6 +258,7 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         cond_channels: Sequence[int] | None = None,
         clamp: float = 2.0,
         residual: bool = False,
+        learned_shift: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -257,6 +301,11 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
                 f"in_channels == out_channels (got {in_channels}, {out_channels}) and 8-bit or continuous targets "
                 f"(dequantization 'uniform' or 'none', got {dequantization!r})."
             )
+        if learned_shift and not self.residual:
+            raise ValueError("`learned_shift=True` refines the interpolated image: it needs `residual=True`.")
+        self.shift_head = (
+            ShiftHead(spatial_dims, self.cond_channels, out_channels, hidden_channels) if learned_shift else None
+        )
 
     @property
     def divisor(self) -> int:
@@ -292,8 +341,9 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
             x = F.interpolate(x, scale_factor=self.scale, mode="bilinear" if self.spatial_dims == 2 else "trilinear")
         return torch.cat([x, F.interpolate(conds[0], scale_factor=2, mode="nearest")], dim=1)
 
-    def _offset(self, x: Tensor) -> Tensor | float:
-        """What the flow's input is shifted by: ``v = w + offset``; 0.5 (or 0), or the interpolated ``x`` (residual).
+    def _offset(self, x: Tensor, conds: Sequence[Tensor] | None = None) -> Tensor | float:
+        """What the flow's input is shifted by: ``v = w + offset``; 0.5 (or 0), or the interpolated ``x`` (residual),
+        plus the shift head's output on ``conds`` (learned shift).
 
         The offset does not depend on ``v``, so the shift's log-determinant is 0.
         """
@@ -306,7 +356,12 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         if self.dequantization == "uniform":
             # x holds grey levels / 255 and v = (y + u) / num_bins: the centre of the bin of 255 * base
             num_bins = self.dequantizer.num_bins  # type: ignore[union-attr]
-            return ((num_bins - 1) * base + 0.5) / num_bins
+            base = ((num_bins - 1) * base + 0.5) / num_bins
+        if self.shift_head is not None:
+            if conds is None:
+                raise ValueError("the learned shift needs the conditioner's features.")
+            # r in units of half the range, as the factored baseline's 127.5 * r grey levels
+            base = base + 0.5 * self.shift_head(conds)
         return base
 
     def _quantize_centred(self, w: Tensor, offset: Tensor | float) -> Tensor:
@@ -342,13 +397,13 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         check_target(y, x, self.out_channels, self.divisor, self.scale, self.dequantization, num_bins)
         with _float32(x):
             if self.dequantizer is None:
-                return self.flow.log_prob(_full(y) - self._offset(_full(x)), conds)
+                return self.flow.log_prob(_full(y) - self._offset(_full(x), conds), conds)
             k = int(num_samples)
             context = self._context(_full(x), conds) if isinstance(self.dequantizer, BinaryDequantizer) else None
             y_k = self._repeat(_full(y), k)
             ctx_k = None if context is None else self._repeat(context, k)
             v, log_q = self.dequantizer(y_k, ctx_k, generator=generator)
-            offset = self._offset(_full(x))
+            offset = self._offset(_full(x), conds)
             offset = self._repeat(offset, k) if isinstance(offset, Tensor) else offset
             log_p = self.flow.log_prob(v - offset, [self._repeat(h, k) for h in conds])
             log_w = log_p - log_q
@@ -361,13 +416,13 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         """Standardised latents of the dequantized ``v`` (coarse last); :meth:`decode` is the exact inverse."""
         conds = self._conds(x)
         with _float32(x):
-            return self.flow.encode(_full(v) - self._offset(_full(x)), conds)
+            return self.flow.encode(_full(v) - self._offset(_full(x), conds), conds)
 
     def decode(self, zs: Sequence[Tensor], x: Tensor) -> Tensor:
         """Map latents (as from :meth:`encode`) back to ``v`` (not quantized)."""
         conds = self._conds(x)
         with _float32(x):
-            return self.flow.decode([_full(z) for z in zs], conds) + self._offset(_full(x))
+            return self.flow.decode([_full(z) for z in zs], conds) + self._offset(_full(x), conds)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -401,7 +456,7 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         target = (x.shape[0], self.out_channels, *(s * self.scale for s in x.shape[2:]))
         shapes = self.flow.latent_shapes(target)
         with _float32(x):
-            offset = self._offset(_full(x))
+            offset = self._offset(_full(x), conds)
         out = []
         done = 0
         while done < num_samples:

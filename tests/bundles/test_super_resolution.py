@@ -111,8 +111,8 @@ def test_evaluate_on_a_folder(trained_run: Path, hr_folder: Path) -> None:
     protocol = _protocol(wf)  # what `cnf evaluate` prints beside the numbers
     wf.finalize()
     assert protocol["prediction scored"] == "mean of 2 samples at temperature 0"  # TINY has num_samples=2
-    assert protocol["bpd_crops"] == "bits per subpixel over 10 random 16x16 crops (the paper)"
-    assert "divisible by 4" in protocol["bpd"] and "2 px border" in protocol["psnr_y / ssim_y"]
+    assert protocol["bpd_crops protocol"] == "bits per subpixel over 10 random 16x16 crops (the paper)"
+    assert "divisible by 4" in protocol["bpd protocol"] and "2 px border" in protocol["psnr_y / ssim_y protocol"]
     assert set(metrics) >= {"psnr_y", "ssim_y", "bpd", "bpd_crops"}
     assert evaluator.state.iteration == 2  # both images of the folder
     assert 0 < metrics["psnr_y"] < 100 and -1 <= metrics["ssim_y"] <= 1

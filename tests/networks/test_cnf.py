@@ -333,3 +333,38 @@ def test_residual_needs_matching_channels_and_non_binary_targets() -> None:
         ConditionalNormalizingFlow(2, 3, 1, dequantization="none", residual=True)
     with pytest.raises(ValueError, match="dequantization 'uniform' or 'none'"):
         ConditionalNormalizingFlow(2, 1, 1, dequantization="binary", residual=True)
+
+
+def test_learned_shift_is_a_volume_preserving_change_of_variables_float64() -> None:
+    """residual + learned_shift: log p(y|x) = log N(encode(y)) + log|det d encode/dy| (autograd), the shift head
+    perturbed away from its zero init; it starts at the interpolated image and trains with the likelihood."""
+    torch.manual_seed(0)
+    model = ConditionalNormalizingFlow(
+        2, 3, 3, num_levels=2, num_steps=2, hidden_channels=8, conditioner="rrdb", coupling="affine",
+        dequantization="none", scale=2, residual=True, learned_shift=True,
+        conditioner_kwargs={"num_blocks": 1, "growth_channels": 4, "feature_channels": 8},
+    ).double()  # fmt: skip
+    x = torch.rand(1, 3, 4, 4, dtype=torch.float64)
+    base = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(model._offset(x, model._conds(x)), base)  # zero-initialised head
+    y = base + 0.1 * torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    model.log_prob(
+        y.expand(4, -1, -1, -1) + 0.1 * torch.randn(4, 3, 8, 8, dtype=torch.float64), x.expand(4, -1, -1, -1)
+    )
+    with torch.no_grad():
+        for p in model.shift_head.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    assert (model._offset(x, model._conds(x)) - base).abs().max() > 1e-3  # the head now shifts
+
+    def flat_latents(v: torch.Tensor) -> torch.Tensor:
+        return torch.cat([z.flatten() for z in model.encode(v.view_as(y), x)])
+
+    jac = torch.autograd.functional.jacobian(flat_latents, y.flatten())
+    eps = flat_latents(y)
+    expected = -0.5 * eps.square().sum() - 0.5 * eps.numel() * math.log(2 * math.pi) + torch.linalg.slogdet(jac)[1]
+    torch.testing.assert_close(model.log_prob(y, x)[0], expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(model.decode(model.encode(y, x), x), y, rtol=0, atol=1e-10)
+    model.log_prob(y, x).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.shift_head.parameters())
+    with pytest.raises(ValueError, match="needs `residual=True`"):
+        ConditionalNormalizingFlow(2, 3, 3, dequantization="none", learned_shift=True)
