@@ -21,11 +21,11 @@ import torch
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "super_resolution"
 
 
-def _trained(run_dir: Path | None, model: str):
+def _trained(run_dir: Path | None, model: str, overrides: list[str]):
     from monai_cnf.bundle.loading import load_trained
 
     settings = {"split": "test", "val_crop": [-1, -1], "bpd_num_crops": 0}
-    return load_trained(BUNDLE, run_dir=run_dir, model=model, workflow="evaluate", settings=settings)
+    return load_trained(BUNDLE, run_dir, model=model, workflow="evaluate", settings=settings, overrides=overrides)
 
 
 def _pair(trained, hr: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     parser.add_argument("--crop", type=int, nargs=4, default=None, metavar=("TOP", "LEFT", "H", "W"),
                         help="HR region to show (default: the whole image).")  # fmt: skip
+    parser.add_argument("--cnf-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="Config override of the CNF (repeatable), e.g. for weights outside a cnf train run.")
+    parser.add_argument("--factored-override", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     from monai_cnf.metrics.image import psnr_y
 
-    cnf, factored = _trained(args.cnf_run, "cnf"), _trained(args.factored_run, "factored")
+    cnf = _trained(args.cnf_run, "cnf", args.cnf_override)
+    factored = _trained(args.factored_run, "factored", args.factored_override)
     lr, hr = _pair(cnf, args.hr)
     bicubic = torch.nn.functional.interpolate(lr, scale_factor=2, mode="bicubic", align_corners=False)
     bicubic = (bicubic * 255).round().clamp(0, 255)
