@@ -71,6 +71,35 @@ def _log_mlflow(
     return run_id
 
 
+def _log_temperature_runs(
+    uri: str, parent_id: str, metrics: Mapping[str, float], temperatures: Sequence[float], tags: Mapping[str, str]
+) -> list[str]:
+    """One child run of the calibration run per SR temperature, with ``temperature`` as a param and the metrics
+    without their ``_t<tau>`` suffix (``cnf/psnr_y``, ``factored/ssim_y``, ...): in the MLflow UI, select the
+    children and plot ``cnf/psnr_y`` against ``temperature`` (the parent keeps the suffixed summary)."""
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = mlflow.MlflowClient(uri)
+    parent = client.get_run(parent_id)
+    ids = []
+    for tau in temperatures:
+        suffix = f"_t{float(tau):g}"
+        values = {k[: -len(suffix)]: v for k, v in metrics.items() if k.endswith(suffix)}
+        child_tags = {**{k: v for k, v in tags.items() if k != "mlflow.parentRunId"}, "mlflow.parentRunId": parent_id}
+        run = client.create_run(parent.info.experiment_id, run_name=f"{parent.info.run_name} tau={float(tau):g}")
+        now = int(time.time() * 1000)
+        client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in values.items()],
+            params=[Param("temperature", f"{float(tau):g}")],
+            tags=[RunTag(k, str(v)) for k, v in {**child_tags, "cnf.mode": "calibrate-temperature"}.items()],
+        )
+        client.set_terminated(run.info.run_id, "FINISHED")
+        ids.append(run.info.run_id)
+    return ids
+
+
 def _stem(item: Mapping[str, Any]) -> str:
     path = item.get("label") or item.get("image")
     return Path(path).stem if isinstance(path, (str, Path)) else ""
@@ -231,6 +260,8 @@ def run_calibration(
     }
     files = [*report.plots, *([table] if table.is_file() else [])]
     run_id = _log_mlflow(uri, experiment or bundle.name, run_name, tags, params, report.metrics, files)
+    if task != "segmentation":
+        _log_temperature_runs(uri, run_id, report.metrics, SR_TEMPERATURES, tags)
     RunFolder(output).write_mlflow_run_id(run_id, CALIBRATION_RUN_ID)
 
     result = CalibrateResult(bundle.name, output, dict(report.metrics), list(report.plots), run_id=run_id)

@@ -79,6 +79,7 @@ def draw_samples(
     roi_size: Sequence[int] | None = None,
     overlap: float = 0.25,
     sw_batch_size: int = 1,
+    pad_to_divisor: bool = False,
 ) -> torch.Tensor:
     """Draw ``num_samples`` samples of ``p(y | x)``, ``chunk_size`` per call, gathered on the CPU.
 
@@ -104,6 +105,8 @@ def draw_samples(
             overlaps); None samples the whole image. Defaults to None.
         overlap: sliding-window overlap. Defaults to 0.25.
         sw_batch_size: windows per batch. Defaults to 1.
+        pad_to_divisor: edge-pad ``x`` so the target fits the model and crop the samples back (see
+            :class:`~monai_cnf.engines.SampleInferer`). Defaults to False.
 
     Returns:
         ``(S, B, C, *spatial)`` tensor on the CPU.
@@ -131,12 +134,12 @@ def draw_samples(
     with torch.no_grad():
         while done < int(num_samples):
             k = min(int(chunk_size), int(num_samples) - done)
-            if roi_size is not None:
+            if roi_size is not None or pad_to_divisor:
                 from monai_cnf.engines import SampleInferer
 
                 windowed = SampleInferer(
                     k, float(temperature), chunk_size=k, return_samples=True, roi_size=roi_size, overlap=overlap,
-                    sw_batch_size=sw_batch_size, generator=generator, exact_mean=False,
+                    sw_batch_size=sw_batch_size, generator=generator, exact_mean=False, pad_to_divisor=pad_to_divisor,
                 )  # fmt: skip
                 s = windowed(x, network)["samples"]
             else:
@@ -393,13 +396,16 @@ def super_resolution_cases(
 
     Args:
         items: preprocessed pairs ``{"image": LR (3, h, w) in [0, 1], "label": HR (3, H, W) in 0..255}`` (the SR
-            bundle's dataset items; sizes already divisible as the models need).
+            bundle's dataset items). Sizes the flow cannot take are handled as ``cnf evaluate`` does: the LR image
+            is edge-padded for sampling and the samples cropped back; bits/dim count the region divisible by 2^L.
         models: model name -> network (``sample`` and ``log_prob``) in eval mode on ``device``.
         temperatures: the sweep; 0 is the deterministic prediction. Defaults to ``(0, 0.5, 0.8, 1.0)``.
         device: device of the models. Defaults to "cpu".
         seed: seed of the sampling generator. Defaults to 0.
         progress: a ``rich.progress.Progress``. Defaults to None.
     """
+
+    from monai_cnf.engines.evaluator import crop_to_divisor
 
     if not models:
         raise ValueError("`models` must map at least one name to a network.")
@@ -420,10 +426,11 @@ def super_resolution_cases(
             progress.reset(t_samples, total=len(taus) * len(models))
         for name, net in models.items():
             with torch.no_grad():
-                bpd[name] = float(net.bits_per_dim(y, x)[0])
+                bpd[name] = float(net.bits_per_dim(*crop_to_divisor(y, x, net))[0])
                 preds[name] = {}
                 for tau in taus:
-                    s = draw_samples(net, x, 1, tau, 1, generator if tau > 0 else None, dtype=torch.float32)
+                    gen = generator if tau > 0 else None
+                    s = draw_samples(net, x, 1, tau, 1, gen, dtype=torch.float32, pad_to_divisor=True)
                     preds[name][tau] = s[0, 0].clamp(0, 255).numpy()
                     if progress is not None:
                         progress.advance(t_samples, 1)

@@ -18,7 +18,7 @@ from monai.engines import SupervisedEvaluator
 from monai.handlers import from_engine
 from monai.utils.enums import CommonKeys as Keys
 
-__all__ = ["PSNRY", "SSIMY", "BitsPerDim", "FlowEvaluator", "MaxFScoreMetric"]
+__all__ = ["PSNRY", "SSIMY", "BitsPerDim", "FlowEvaluator", "MaxFScoreMetric", "crop_to_divisor"]
 
 
 def _stack(values: Any) -> torch.Tensor:
@@ -131,7 +131,7 @@ class FlowEvaluator(SupervisedEvaluator):
                     y, x = (
                         (targets, inputs)
                         if not engine.crop_to_divisor
-                        else _crop_to_divisor(targets, inputs, engine.network)
+                        else crop_to_divisor(targets, inputs, engine.network)
                     )
                     if mask is not None and y.shape != targets.shape:
                         mask = mask[(..., *(slice(0, n) for n in y.shape[2:]))]
@@ -154,8 +154,16 @@ class FlowEvaluator(SupervisedEvaluator):
         return engine.state.output
 
 
-def _crop_to_divisor(y: torch.Tensor, x: torch.Tensor, network: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """The largest top-left region of ``y`` divisible by the model's ``divisor``, and the matching ``x``."""
+def crop_to_divisor(y: torch.Tensor, x: torch.Tensor, network: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest top-left region of ``y`` divisible by the model's ``divisor`` (and ``scale``), and the matching
+    ``x``: what whole-image bits/dim count when the flow cannot take the whole image.
+
+    Example:
+        >>> class Flow: scale, divisor = 2, 4
+        >>> y, x = crop_to_divisor(torch.zeros(1, 3, 10, 14), torch.zeros(1, 3, 5, 7), Flow())
+        >>> tuple(y.shape), tuple(x.shape)
+        ((1, 3, 8, 12), (1, 3, 4, 6))
+    """
     scale, divisor = int(getattr(network, "scale", 1)), int(getattr(network, "divisor", 1))
     step = divisor * scale // math.gcd(divisor, scale)  # a multiple of the divisor and of the scale
     keep = [n - n % step for n in y.shape[2:]]

@@ -205,15 +205,3 @@ def _script(name: str):
 def test_bicubic_baseline_script_scores_like_cnf_evaluate(hr_folder: Path) -> None:
     result = _script("sr_bicubic_baseline").main([str(hr_folder)])
     assert result["images"] == 2 and 15 < result["psnr_y"] < 60 and 0 < result["ssim_y"] <= 1
-
-
-def test_temperature_sweep_figure(trained_run: Path, hr_folder: Path, tmp_path: Path) -> None:
-    """The Fig. 3 script: the run's CNF at three temperatures beside the shipped factored baseline."""
-    out = tmp_path / "fig3.png"
-    hr = sorted(hr_folder.iterdir())[0]
-    args = ["--hr", str(hr), "--cnf-run", str(trained_run), "--output", str(out)]
-    for key in ("num_steps", "hidden_channels", "rrdb_blocks", "rrdb_growth_channels", "rrdb_feature_channels"):
-        args += ["--cnf-override", f"{key}={TINY[key]}"]  # a bundle-runner run folder records no cnf settings
-    _script("sr_temperature_sweep").main(args)
-    image = np.asarray(Image.open(out))
-    assert image.ndim == 3 and image.shape[1] > 4 * image.shape[0]  # one row of 8 panels

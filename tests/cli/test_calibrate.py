@@ -258,3 +258,12 @@ def test_calibrate_super_resolution(tmp_path: Path, store: tuple[str, mlflow.Mlf
             assert math.isfinite(metrics[f"{m}/psnr_y_t{tau}"]) and metrics[f"{m}/psnr_y_t{tau}"] > 0
             assert -1.0 <= metrics[f"{m}/ssim_y_t{tau}"] <= 1.0
         assert metrics[f"{m}/bits_per_dim"] > 0 and math.isfinite(metrics[f"{m}/bits_per_dim"])
+    # one child run per temperature: the UI plots cnf/psnr_y against the `temperature` param
+    parent = (out / "mlflow_calibration_run_id").read_text().strip()
+    exp = client.get_run(parent).info.experiment_id
+    children = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(float(r.data.params["temperature"]) for r in children) == [0.0, 0.5, 0.8, 1.0]
+    for child in children:
+        tau = child.data.params["temperature"]
+        assert child.data.metrics["cnf/psnr_y"] == metrics[f"cnf/psnr_y_t{tau}"]
+        assert child.data.metrics["factored/ssim_y"] == metrics[f"factored/ssim_y_t{tau}"]
