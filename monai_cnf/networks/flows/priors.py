@@ -21,6 +21,13 @@ __all__ = ["GaussianPrior", "SplitPrior", "gaussian_log_prob"]
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+#: bound of the priors' log-scales. Far outside the range a trained flow meets (sigma from 3e-7 to 3e6), so the
+#: density there is unchanged; it keeps sigma finite in float32 when sampling feeds a split prior latents far outside
+#: the training range (at high temperature an untrained or CPU-sized flow can grow them to ~1e4, and exp(log_sigma)
+#: then overflowed to inf and the sample to NaN).
+LOG_SIGMA_BOUND = 15.0
+
+
 def gaussian_log_prob(eps: Tensor, log_sigma: Tensor) -> Tensor:
     """``sum log N(z; mu, sigma^2)`` over all but the batch axis, given ``eps = (z - mu) / sigma`` and ``log sigma``.
 
@@ -122,7 +129,7 @@ class GaussianPrior(nn.Module):
                 "conditioning features (B, cond_channels, *spatial)."
             )
         h = self.net(cond)
-        return h[:, : self.in_channels], h[:, self.in_channels :]
+        return h[:, : self.in_channels], h[:, self.in_channels :].clamp(-LOG_SIGMA_BOUND, LOG_SIGMA_BOUND)
 
     def encode(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Return the standardised latent ``eps = (z - mu) / sigma`` and ``log p(z | cond)`` ``(B,)``."""
@@ -223,7 +230,7 @@ class SplitPrior(nn.Module):
     def params(self, z_kept: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(mu, log_sigma)`` of the dropped half, each ``(B, C // 2, *spatial)``."""
         h = self.net(z_kept if cond is None else torch.cat([z_kept, cond], dim=1))
-        return h[:, : self.dropped_channels], h[:, self.dropped_channels :]
+        return h[:, : self.dropped_channels], h[:, self.dropped_channels :].clamp(-LOG_SIGMA_BOUND, LOG_SIGMA_BOUND)
 
     def encode(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Return the kept half, the dropped half's standardised latent and its log-probability ``(B,)``."""

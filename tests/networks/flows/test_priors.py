@@ -79,3 +79,22 @@ def test_prior_argument_errors() -> None:
     assert not list(fixed.parameters())
     z = torch.randn(3, 2, 2, 2)
     torch.testing.assert_close(fixed.log_prob(z), Normal(0.0, 1.0).log_prob(z).flatten(1).sum(1))
+
+
+def test_split_prior_samples_stay_finite_far_outside_the_training_range() -> None:
+    """A split prior fed latents of size ~1e4 (what a high-temperature decode of a small flow can produce) used to
+    return inf/NaN (sigma = exp(linear(z)) overflowed); the bounded log-scale keeps the sample finite, and leaves the
+    density of ordinary latents unchanged."""
+    from monai_cnf.networks.flows.priors import LOG_SIGMA_BOUND
+
+    torch.manual_seed(0)
+    split = SplitPrior(2, 8, cond_channels=4)
+    with torch.no_grad():
+        split.net.weight.normal_(0.0, 0.5)
+    h = torch.randn(1, 4, 4, 4)
+    huge = 4e3 * torch.randn(1, 4, 4, 4)
+    assert float(split.params(huge, h)[1].abs().max()) == LOG_SIGMA_BOUND  # clipped
+    assert torch.isfinite(split.inverse(huge, h, temperature=1.0)).all()
+    z = torch.randn(2, 8, 4, 4)
+    mu, log_sigma = split.params(z[:, :4], torch.randn(2, 4, 4, 4))
+    assert float(log_sigma.abs().max()) < LOG_SIGMA_BOUND  # ordinary latents: the bound is never reached
