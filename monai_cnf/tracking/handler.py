@@ -94,6 +94,38 @@ def make_sample_grid(rows: Sequence[Sequence[Any]], pad: int = 2) -> np.ndarray:
     return grid
 
 
+def _detach_monai_mlflow_handlers(engine: Engine) -> list[MLFlowHandler]:
+    """Remove plain MONAI ``MLFlowHandler`` s from ``engine``; return them.
+
+    ``python -m monai.bundle run ... --tracking mlflow`` appends MONAI's own ``MLFlowHandler`` to a bundle's
+    ``train#handlers`` and ``validate#handlers``. The bundles already track with :class:`CNFMLFlowHandler` (one run
+    per training run, resolved params, linked evaluation runs), so the second handler would open a second run or log
+    every metric twice at the same step. It is detached when the engine starts (ours runs first: it comes first in
+    the handler list, and ignite fires handlers in order), so ``--tracking mlflow`` gives the bundle's one run.
+    """
+    found: list[MLFlowHandler] = []
+
+    def monai_owned(entry: tuple) -> bool:
+        owner = getattr(entry[0], "__self__", None)
+        if isinstance(owner, MLFlowHandler) and not isinstance(owner, CNFMLFlowHandler):
+            if owner not in found:
+                found.append(owner)
+            return True
+        return False
+
+    # in place, not engine.remove_event_handler: that swaps in a new list, and the STARTED list being fired right
+    # now would still reach MONAI's `start` (it comes after ours, so deleting it from this very list is safe)
+    for handlers in engine._event_handlers.values():
+        handlers[:] = [entry for entry in handlers if not monai_owned(entry)]
+    if found:
+        logger.info(
+            "%d MONAI MLFlowHandler(s) (monai.bundle --tracking mlflow) detached: the bundle's CNFMLFlowHandler "
+            "already tracks this run.",
+            len(found),
+        )
+    return found
+
+
 class CNFMLFlowHandler(MLFlowHandler):
     """MONAI ``MLFlowHandler`` that keeps one MLflow run per training run (resume-safe) and links evaluations to it.
 
@@ -290,6 +322,7 @@ class CNFMLFlowHandler(MLFlowHandler):
 
     def start(self, engine: Engine) -> None:
         """Pick (or create) the run, then let MONAI log its default params; log the resolved config once."""
+        _detach_monai_mlflow_handlers(engine)
         if self.cur_run is None or self.mode == "evaluate":
             self._set_experiment()
             self.cur_run = None

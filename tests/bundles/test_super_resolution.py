@@ -58,10 +58,12 @@ def _workflow(files: list[str], out: Path, **override):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
-    """Two CPU-preset epochs on the default data (scikit-image's photos) via `python -m monai.bundle run`."""
+    """Two CPU-preset epochs on the default data (scikit-image's photos) via `python -m monai.bundle run`, with
+    MONAI's own tracking switch (`--tracking mlflow`) on top of the bundle's tracking handlers."""
     out = tmp_path_factory.mktemp("sr_run")
     _DB["uri"] = f"sqlite:///{out}/mlruns.db"
     args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(_files("train.json", "cpu.json"))]
+    args += ["--tracking", "mlflow"]
     for key, value in {**TINY, "output_dir": str(out), "tracking_uri": _DB["uri"], "max_epochs": 2}.items():
         args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
     # the store is the one named here (an in-process CLI test may have left MLFLOW_TRACKING_URI set)
@@ -82,6 +84,19 @@ def hr_folder(tmp_path_factory) -> Path:
     return folder
 
 
+def test_monai_tracking_switch_gives_one_run_each_metric_once_per_step(trained_run: Path) -> None:
+    """`--tracking mlflow` appends MONAI's MLFlowHandler; the bundle's handler detaches it: one run, no repeats."""
+    import mlflow
+
+    client = mlflow.MlflowClient(_DB["uri"])
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED", [r.info.run_name for r in runs]
+    run_id = runs[0].info.run_id
+    for key, steps in (("train_loss", 4), ("val_psnr_y", 2), ("val_bpd", 2)):
+        history = [m.step for m in client.get_metric_history(run_id, key)]
+        assert sorted(history) == sorted(set(history)) and len(history) == steps, (key, history)
+
+
 def test_train_checkpoints(trained_run: Path) -> None:
     assert sorted(p.name for p in (trained_run / "checkpoints").iterdir()) == [
         "checkpoint_epoch=1.pt",
@@ -93,7 +108,7 @@ def test_train_checkpoints(trained_run: Path) -> None:
 
     net = ConditionalNormalizingFlow(
         2, 3, 3, num_levels=2, num_steps=1, hidden_channels=8, conditioner="rrdb", coupling="affine",
-        dequantization="uniform", scale=2,
+        dequantization="uniform", scale=2, residual=True, learned_shift=True,
         conditioner_kwargs={"num_blocks": 1, "growth_channels": 4, "feature_channels": 8},
     )  # fmt: skip
     net.load_state_dict(torch.load(trained_run / "models" / "model.pt", weights_only=True))
