@@ -126,6 +126,12 @@ def _detach_monai_mlflow_handlers(engine: Engine) -> list[MLFlowHandler]:
     return found
 
 
+def _param_text(value: Any) -> str:
+    """A resolved value as MLflow param text (JSON for lists and dicts, ``str`` otherwise), at most 6000 chars."""
+    text = json.dumps(value, default=str) if isinstance(value, (list, tuple, dict)) else str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
 class CNFMLFlowHandler(MLFlowHandler):
     """MONAI ``MLFlowHandler`` that keeps one MLflow run per training run (resume-safe) and links evaluations to it.
 
@@ -155,6 +161,10 @@ class CNFMLFlowHandler(MLFlowHandler):
         bundle: bundle name, tag ``bundle``. Defaults to ``None`` (the experiment name).
         model_kind: ``"cnf"`` or ``"factored"``, tag ``model``. Defaults to ``None`` (no tag).
         tags: extra run tags. Defaults to ``None``.
+        params: the run's hyperparameters as resolved values (a bundle passes its own keys, e.g.
+            ``{"learning_rate": "@learning_rate"}``, which MONAI's parser resolves to numbers), logged at the start
+            with or without the CLI; a value changed on resume is kept as first logged (MLflow params are immutable)
+            and the change is logged. Defaults to ``None``.
         grid_keys: keys of ``engine.state.output`` tiled into a sample grid at each epoch end of a validation or
             evaluation (first ``grid_items`` items); ``None`` or ``()`` disables it. Defaults to
             ``("image", "label", "pred")``.
@@ -194,6 +204,7 @@ class CNFMLFlowHandler(MLFlowHandler):
         artifact_location: str | None = None,
         tag_name: str = "train_loss",
         output_transform: Callable | None = None,
+        params: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if mode not in MODES:
@@ -224,6 +235,7 @@ class CNFMLFlowHandler(MLFlowHandler):
         self.bundle = bundle
         self.model_kind = model_kind
         self.tags = dict(tags or {})
+        self.params = {str(k): v for k, v in (params or {}).items()}
         self.grid_keys = tuple(grid_keys or ())
         self.grid_items = grid_items
         self._loss_sum = 0.0
@@ -329,6 +341,7 @@ class CNFMLFlowHandler(MLFlowHandler):
             self._choose_run()
         super().start(engine)
         if self.mode != "validate":
+            self._log_params_once({k: _param_text(v) for k, v in self.params.items()})
             self._log_config()
 
     def _log_config(self) -> None:
@@ -338,7 +351,17 @@ class CNFMLFlowHandler(MLFlowHandler):
             return
         config = json.loads(self.config_file.read_text())
         config.pop("_meta_", None)  # the bundle's metadata (ConfigParser.read_meta): static, kept in the artifact
-        params = flatten_config(config)
+        # expressions and references ("$@network_def.to(@torch_device)") are code, not hyperparameters: their
+        # resolved values come through `params`; the whole config (with them) is the logged artifact
+        params = {k: v for k, v in flatten_config(config).items() if not v.startswith(("$", "@"))}
+        self._log_params_once(params)
+        if self.config_file.name not in {a.path for a in self.client.list_artifacts(self.cur_run.info.run_id)}:
+            self.client.log_artifact(self.cur_run.info.run_id, str(self.config_file))
+
+    def _log_params_once(self, params: Mapping[str, str]) -> None:
+        """Log the params the run does not hold yet; report (not fail on) values that differ from the logged ones."""
+        if not params:
+            return
         logged = self.client.get_run(self.cur_run.info.run_id).data.params
         changed = sorted(k for k, v in params.items() if k in logged and logged[k] != v)
         if changed:
@@ -346,8 +369,6 @@ class CNFMLFlowHandler(MLFlowHandler):
         new = [mlflow.entities.Param(k, v) for k, v in params.items() if k not in logged]
         for i in range(0, len(new), 100):
             self.client.log_batch(self.cur_run.info.run_id, metrics=[], params=new[i : i + 100], tags=[])
-        if self.config_file.name not in {a.path for a in self.client.list_artifacts(self.cur_run.info.run_id)}:
-            self.client.log_artifact(self.cur_run.info.run_id, str(self.config_file))
 
     def _reset_epoch_loss(self, engine: Engine) -> None:
         self._loss_sum, self._loss_count = 0.0, 0

@@ -95,6 +95,11 @@ def test_monai_tracking_switch_gives_one_run_each_metric_once_per_step(trained_r
     for key, steps in (("train_loss", 4), ("val_psnr_y", 2), ("val_bpd", 2)):
         history = [m.step for m in client.get_metric_history(run_id, key)]
         assert sorted(history) == sorted(set(history)) and len(history) == steps, (key, history)
+    # hyperparameters as resolved values, without the CLI (`tracking_params` in train.json)
+    params = runs[0].data.params
+    assert params["learning_rate"] == "0.001" and params["batch_size"] == "2" and params["hidden_channels"] == "8"
+    assert params["learned_shift"] == "True" and params["patch_size"] == "[16, 16]"
+    assert not [k for k, v in params.items() if v.startswith(("$", "@"))]
 
 
 def test_train_checkpoints(trained_run: Path) -> None:
