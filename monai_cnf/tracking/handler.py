@@ -165,6 +165,11 @@ class CNFMLFlowHandler(MLFlowHandler):
             ``{"learning_rate": "@learning_rate"}``, which MONAI's parser resolves to numbers), logged at the start
             with or without the CLI; a value changed on resume is kept as first logged (MLflow params are immutable)
             and the change is logged. Defaults to ``None``.
+        system_metrics: log MLflow's system metrics (CPU, memory, GPU: ``system/...``) into the run while the engine
+            runs; None follows MLflow's own switch (``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true`` or
+            ``mlflow.enable_system_metrics_logging()``; interval ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``).
+            The runs are made with ``MlflowClient``, which never starts MLflow's monitor, so this handler starts it.
+            Training and evaluation only. Defaults to None.
         grid_keys: keys of ``engine.state.output`` tiled into a sample grid at each epoch end of a validation or
             evaluation (first ``grid_items`` items); ``None`` or ``()`` disables it. Defaults to
             ``("image", "label", "pred")``.
@@ -205,6 +210,7 @@ class CNFMLFlowHandler(MLFlowHandler):
         tag_name: str = "train_loss",
         output_transform: Callable | None = None,
         params: Mapping[str, Any] | None = None,
+        system_metrics: bool | None = None,
         **kwargs: Any,
     ) -> None:
         if mode not in MODES:
@@ -236,6 +242,9 @@ class CNFMLFlowHandler(MLFlowHandler):
         self.model_kind = model_kind
         self.tags = dict(tags or {})
         self.params = {str(k): v for k, v in (params or {}).items()}
+        self.system_metrics = system_metrics
+        self._monitor: Any = None
+        self._uploaded: dict[str, float] = {}  # checkpoint file -> mtime already in the artifact store
         self.grid_keys = tuple(grid_keys or ())
         self.grid_items = grid_items
         self._loss_sum = 0.0
@@ -329,6 +338,8 @@ class CNFMLFlowHandler(MLFlowHandler):
                 engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate_loss)
             if not engine.has_event_handler(self._log_epoch_loss, Events.EPOCH_COMPLETED):
                 engine.add_event_handler(Events.EPOCH_COMPLETED, self._log_epoch_loss)
+            if not engine.has_event_handler(self._upload_new_checkpoints, Events.EPOCH_STARTED):
+                engine.add_event_handler(Events.EPOCH_STARTED, self._upload_new_checkpoints)
         elif self.grid_keys and not engine.has_event_handler(self._log_sample_grid, Events.EPOCH_COMPLETED):
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._log_sample_grid)
 
@@ -343,6 +354,70 @@ class CNFMLFlowHandler(MLFlowHandler):
         if self.mode != "validate":
             self._log_params_once({k: _param_text(v) for k, v in self.params.items()})
             self._log_config()
+            self._start_system_metrics()
+
+    def _start_system_metrics(self) -> None:
+        from mlflow.environment_variables import (
+            MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING,
+            MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL,
+        )
+
+        wanted = MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get() if self.system_metrics is None else self.system_metrics
+        if not wanted or self._monitor is not None or self.cur_run is None:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(
+                self.cur_run.info.run_id, sampling_interval=MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.get() or 10,
+                resume_logging=self.resume, tracking_uri=self.client.tracking_uri,
+            )  # fmt: skip
+            self._monitor.start()
+        except Exception as err:  # e.g. psutil missing: tracking must not stop the training
+            logger.warning("MLflow system metrics not logged: %s", err)
+            self._monitor = None
+
+    def _stop_system_metrics(self) -> None:
+        if self._monitor is not None:
+            try:
+                self._monitor.finish()
+            finally:
+                self._monitor = None
+
+    def close(self) -> None:
+        """Stop the system-metrics monitor, then end the run as MONAI does."""
+        self._stop_system_metrics()
+        super().close()
+
+    def _upload_new_checkpoints(self, engine: Engine | None = None) -> None:
+        """Copy checkpoint files written since the last call to the run's ``checkpoints/`` artifacts.
+
+        Called at each epoch start (the previous epoch's checkpoint is on disk by then: the savers run after this
+        handler at epoch end) and at completion, so a killed run's artifacts hold every checkpoint it saved.
+        """
+        folder = self.run_dir / "checkpoints" if self.run_dir is not None else None
+        if self.cur_run is None or folder is None or not folder.is_dir():
+            return
+        run_id = self.cur_run.info.run_id
+        local = {p.name: p for p in folder.glob("*.pt")}
+        for name, path in sorted(local.items()):
+            mtime = path.stat().st_mtime
+            if self._uploaded.get(name) != mtime:
+                self.client.log_artifact(run_id, str(path), artifact_path="checkpoints")
+                self._uploaded[name] = mtime
+        # mirror the folder (the saver keeps the last n): drop what it deleted, or the store grows every epoch
+        stale = [a.path for a in self.client.list_artifacts(run_id, "checkpoints") if Path(a.path).name not in local]
+        if stale:
+            try:
+                from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+                repo = get_artifact_repository(self.client.get_run(run_id).info.artifact_uri)
+                for path in stale:
+                    repo.delete_artifacts(path)
+            except Exception as err:  # a store that cannot delete: keep the extra files, say so once
+                if not getattr(self, "_warned_delete", False):
+                    logger.warning("old checkpoints stay in the artifact store (cannot delete: %s)", err)
+                    self._warned_delete = True
 
     def _log_config(self) -> None:
         if self.config_file is None or not self.config_file.is_file():

@@ -180,3 +180,50 @@ def test_sample_grid_layout() -> None:
     assert tuple(grid[1, 1]) == (255, 0, 0) and tuple(grid[1, 2]) == (0, 0, 0)
     assert tuple(grid[0, 0]) == (255, 255, 255)  # padding
     assert tuple(grid[1, 8]) == (0, 0, 0)  # a constant panel maps to 0
+
+
+def test_checkpoints_reach_the_artifact_store_as_they_are_saved(tmp_path: Path, store: str) -> None:
+    """Each epoch's checkpoint is in the run's artifacts by the next epoch's start, mirroring the folder (the saver
+    keeps the last 2); a run that dies mid-training keeps what it saved."""
+    run_dir = tmp_path / "run"
+    ckpts = run_dir / "checkpoints"
+    handler = CNFMLFlowHandler(mode="train", run_dir=run_dir, tracking_uri=store, bundle="tiny", model_kind="cnf")
+    engine = _trainer([0.5] * 12)
+    handler.attach(engine)
+    seen: list[list[str]] = []
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _save(e: Engine) -> None:  # what CheckpointSaver(n_saved=2) does, after the tracking handler
+        ckpts.mkdir(parents=True, exist_ok=True)
+        torch.save({"epoch": e.state.epoch}, ckpts / f"checkpoint_epoch={e.state.epoch}.pt")
+        (ckpts / f"checkpoint_epoch={e.state.epoch - 2}.pt").unlink(missing_ok=True)
+
+    @engine.on(Events.EPOCH_STARTED)
+    def _look(e: Engine) -> None:
+        arts = handler.client.list_artifacts(handler.run_id, "checkpoints")
+        seen.append(sorted(Path(a.path).name for a in arts))
+        if e.state.epoch == 4:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        engine.run([0, 1, 2], max_epochs=4)
+    assert seen == [
+        [],
+        ["checkpoint_epoch=1.pt"],
+        ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"],
+        ["checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt"],
+    ]
+
+
+def test_system_metrics_follow_mlflows_switch(tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    handler = CNFMLFlowHandler(mode="train", run_dir=tmp_path / "run", tracking_uri=store, bundle="tiny")
+    engine = Engine(lambda e, b: time.sleep(0.5) or {"loss": torch.tensor(1.0)})
+    handler.attach(engine)
+    engine.run([0, 1, 2], max_epochs=1)
+    metrics = mlflow.MlflowClient(store).get_run(handler.run_id).data.metrics
+    assert any(k.startswith("system/cpu") for k in metrics), sorted(metrics)
+    assert handler._monitor is None  # stopped with the run
