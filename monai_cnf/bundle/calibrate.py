@@ -22,6 +22,7 @@ __all__ = ["CalibrateResult", "run_calibration"]
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class CalibrateResult:
     """What ``cnf calibrate`` reports: metrics, plot files, and where things went."""
@@ -71,33 +72,58 @@ def _log_mlflow(
     return run_id
 
 
-def _log_temperature_runs(
-    uri: str, parent_id: str, metrics: Mapping[str, float], temperatures: Sequence[float], tags: Mapping[str, str]
+def _log_child_runs(
+    uri: str,
+    parent_id: str,
+    tags: Mapping[str, str],
+    children: Sequence[tuple[str, Mapping[str, str], Mapping[str, float], Mapping[str, str]]],
 ) -> list[str]:
-    """One child run of the calibration run per SR temperature, with ``temperature`` as a param and the metrics
-    without their ``_t<tau>`` suffix (``cnf/psnr_y``, ``factored/ssim_y``, ...): in the MLflow UI, select the
-    children and plot ``cnf/psnr_y`` against ``temperature`` (the parent keeps the suffixed summary)."""
+    """Child runs of the calibration run: ``(name suffix, params, metrics, extra tags)`` each, FINISHED."""
     import mlflow
     from mlflow.entities import Metric, Param, RunTag
 
     client = mlflow.MlflowClient(uri)
     parent = client.get_run(parent_id)
+    base = {**{k: v for k, v in tags.items() if k != "mlflow.parentRunId"}, "mlflow.parentRunId": parent_id}
     ids = []
-    for tau in temperatures:
-        suffix = f"_t{float(tau):g}"
-        values = {k[: -len(suffix)]: v for k, v in metrics.items() if k.endswith(suffix)}
-        child_tags = {**{k: v for k, v in tags.items() if k != "mlflow.parentRunId"}, "mlflow.parentRunId": parent_id}
-        run = client.create_run(parent.info.experiment_id, run_name=f"{parent.info.run_name} tau={float(tau):g}")
+    for suffix, params, metrics, extra in children:
+        run = client.create_run(parent.info.experiment_id, run_name=f"{parent.info.run_name} {suffix}")
         now = int(time.time() * 1000)
         client.log_batch(
             run.info.run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in values.items()],
-            params=[Param("temperature", f"{float(tau):g}")],
-            tags=[RunTag(k, str(v)) for k, v in {**child_tags, "cnf.mode": "calibrate-temperature"}.items()],
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            params=[Param(k, str(v)) for k, v in params.items()],
+            tags=[RunTag(k, str(v)) for k, v in {**base, **extra}.items()],
         )
         client.set_terminated(run.info.run_id, "FINISHED")
         ids.append(run.info.run_id)
     return ids
+
+
+def _model_children(metrics: Mapping[str, float], models: Sequence[str]) -> list[tuple[str, dict, dict, dict]]:
+    """One child per model (tag ``model``), its metrics without the ``<model>/`` prefix: CNF vs factored is one
+    filter in the MLflow UI (``tags.cnf.mode = 'calibrate-model'``), the same metric names side by side."""
+    out = []
+    for model in models:
+        values = {k[len(model) + 1 :]: v for k, v in metrics.items() if k.startswith(f"{model}/")}
+        out.append((f"model={model}", {"model": model}, values, {"model": model, "cnf.mode": "calibrate-model"}))
+    return out
+
+
+def _temperature_children(
+    metrics: Mapping[str, float], temperatures: Sequence[float]
+) -> list[tuple[str, dict, dict, dict]]:
+    """One child per SR temperature (param ``temperature``), the metrics without their ``_t<tau>`` suffix
+    (``cnf/psnr_y``, ``factored/ssim_y``, ...): select them in the UI and plot ``cnf/psnr_y`` against
+    ``temperature`` (the parent keeps the suffixed summary)."""
+    out = []
+    for tau in temperatures:
+        suffix = f"_t{float(tau):g}"
+        values = {k[: -len(suffix)]: v for k, v in metrics.items() if k.endswith(suffix)}
+        out.append(
+            (f"tau={float(tau):g}", {"temperature": f"{float(tau):g}"}, values, {"cnf.mode": "calibrate-temperature"})
+        )
+    return out
 
 
 def _stem(item: Mapping[str, Any]) -> str:
@@ -260,8 +286,10 @@ def run_calibration(
     }
     files = [*report.plots, *([table] if table.is_file() else [])]
     run_id = _log_mlflow(uri, experiment or bundle.name, run_name, tags, params, report.metrics, files)
+    children = _model_children(report.metrics, ("cnf", "factored"))
     if task != "segmentation":
-        _log_temperature_runs(uri, run_id, report.metrics, SR_TEMPERATURES, tags)
+        children += _temperature_children(report.metrics, SR_TEMPERATURES)
+    _log_child_runs(uri, run_id, tags, children)
     RunFolder(output).write_mlflow_run_id(run_id, CALIBRATION_RUN_ID)
 
     result = CalibrateResult(bundle.name, output, dict(report.metrics), list(report.plots), run_id=run_id)

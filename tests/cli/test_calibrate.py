@@ -166,6 +166,11 @@ def test_calibrate_end_to_end(tmp_path: Path, store: tuple[str, mlflow.MlflowCli
     p, r = tp / pred, tp / pos
     assert metrics["observer2/f"] == pytest.approx(2 * p * r / (p + r), rel=1e-6)
     assert metrics["factored/bits_per_dim"] == pytest.approx(bpd, rel=1e-5)
+    # CNF vs factored is one filter: a child run per model, same metric names, tag `model`
+    kids = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    assert sorted(k.data.tags["model"] for k in kids) == ["cnf", "factored"]
+    for kid in kids:
+        assert kid.data.metrics["max_f"] == metrics[f"{kid.data.tags['model']}/max_f"]
 
     # the per-image table is written next to the plots
     assert (out / "per_image.csv").read_text().count("\n") == 1 + 2 * 2  # header + 2 images x 2 models
@@ -262,6 +267,11 @@ def test_calibrate_super_resolution(tmp_path: Path, store: tuple[str, mlflow.Mlf
     parent = (out / "mlflow_calibration_run_id").read_text().strip()
     exp = client.get_run(parent).info.experiment_id
     children = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    by_model = [r for r in children if r.data.tags["cnf.mode"] == "calibrate-model"]
+    assert sorted(r.data.tags["model"] for r in by_model) == ["cnf", "factored"]
+    for child in by_model:  # the same metric names for both models: one filter compares them
+        assert child.data.metrics["psnr_y_t0"] == metrics[f"{child.data.tags['model']}/psnr_y_t0"]
+    children = [r for r in children if r.data.tags["cnf.mode"] == "calibrate-temperature"]
     assert sorted(float(r.data.params["temperature"]) for r in children) == [0.0, 0.5, 0.8, 1.0]
     for child in children:
         tau = child.data.params["temperature"]
