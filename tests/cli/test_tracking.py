@@ -221,9 +221,17 @@ def test_system_metrics_follow_mlflows_switch(tmp_path: Path, store: str, monkey
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
     handler = CNFMLFlowHandler(mode="train", run_dir=tmp_path / "run", tracking_uri=store, bundle="tiny")
-    engine = Engine(lambda e, b: time.sleep(0.5) or {"loss": torch.tensor(1.0)})
+    client = mlflow.MlflowClient(store)
+
+    def step(engine: Engine, batch: int) -> dict:  # train until the monitor has logged (at most 60 x 0.25 s)
+        time.sleep(0.25)
+        if any(k.startswith("system/") for k in client.get_run(handler.run_id).data.metrics):
+            engine.terminate()
+        return {"loss": torch.tensor(1.0)}
+
+    engine = Engine(step)
     handler.attach(engine)
-    engine.run([0, 1, 2], max_epochs=1)
-    metrics = mlflow.MlflowClient(store).get_run(handler.run_id).data.metrics
+    engine.run(list(range(60)), max_epochs=1)
+    metrics = client.get_run(handler.run_id).data.metrics
     assert any(k.startswith("system/cpu") for k in metrics), sorted(metrics)
     assert handler._monitor is None  # stopped with the run
