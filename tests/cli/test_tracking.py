@@ -182,9 +182,12 @@ def test_sample_grid_layout() -> None:
     assert tuple(grid[1, 8]) == (0, 0, 0)  # a constant panel maps to 0
 
 
-def test_checkpoints_reach_the_artifact_store_as_they_are_saved(tmp_path: Path, store: str) -> None:
+def test_checkpoints_reach_the_artifact_store_as_they_are_saved(
+    tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each epoch's checkpoint is in the run's artifacts by the next epoch's start, mirroring the folder (the saver
     keeps the last 2); a run that dies mid-training keeps what it saved."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     run_dir = tmp_path / "run"
     ckpts = run_dir / "checkpoints"
     handler = CNFMLFlowHandler(mode="train", run_dir=run_dir, tracking_uri=store, bundle="tiny", model_kind="cnf")
@@ -218,6 +221,7 @@ def test_checkpoints_reach_the_artifact_store_as_they_are_saved(tmp_path: Path, 
 def test_system_metrics_follow_mlflows_switch(tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # an in-process CLI test may have left another store set
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
     handler = CNFMLFlowHandler(mode="train", run_dir=tmp_path / "run", tracking_uri=store, bundle="tiny")
