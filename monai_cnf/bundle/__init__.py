@@ -20,6 +20,7 @@ from monai_cnf.bundle.files import (
     Workflow,
     check_json,
     load_bundle,
+    preset_value,
 )
 from monai_cnf.bundle.loading import (
     Provenance,
@@ -52,5 +53,6 @@ __all__ = [
     "load_trained",
     "load_weights",
     "parse_overrides",
+    "preset_value",
     "unwrap_state_dict",
 ]

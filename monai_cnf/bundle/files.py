@@ -13,7 +13,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Bundle", "BundleError", "ModelKind", "Preset", "Split", "Workflow", "check_json", "load_bundle"]
+__all__ = [
+    "Bundle", "BundleError", "ModelKind", "Preset", "Split", "Workflow", "check_json", "load_bundle", "preset_value",
+]  # fmt: skip
 
 
 class BundleError(ValueError):
@@ -215,3 +217,48 @@ def load_bundle(path: Path | str) -> Bundle:
             raise BundleError(f"{p}: a bundle config must be a JSON object.")
         configs[p.stem] = p
     return Bundle(root=root, metadata=metadata, configs=configs)
+
+
+def preset_value(bundle_root: str | Path, preset: Preset | str, key: str) -> Any:
+    """The value of ``key`` in a training preset (``train.json`` [+ ``cpu.json``]), resolved by MONAI's parser.
+
+    ``inference.json`` takes its network sizes from here (``"num_steps": "$monai_cnf.bundle.preset_value(
+    @bundle_root, @preset, 'num_steps')"``), so no network size is written in two files and the standalone inference
+    network is always the one the preset trains. Keys must resolve without instantiating anything (numbers,
+    strings, lists, ``null``).
+
+    Args:
+        bundle_root: the bundle folder (``@bundle_root``: relative paths are relative to the working directory, as
+            for MONAI's runner).
+        preset: ``"cpu"`` (``train.json`` + ``cpu.json``) or ``"paper"`` (``train.json``).
+        key: the config id, e.g. ``"hidden_channels"`` or ``"train#batch_size"``.
+
+    Example:
+        >>> import monai_cnf
+        >>> root = Path(monai_cnf.__file__).parents[1] / "bundles" / "drive_vessel"
+        >>> preset_value(root, "cpu", "num_steps"), preset_value(root, "paper", "num_steps")
+        (4, 8)
+    """
+    parser = _preset_parser(str(Path(bundle_root).resolve()), Preset(preset).value)
+    if key not in parser:
+        raise BundleError(f"the {preset} preset of {bundle_root} has no key {key!r}.")
+    return parser.get_parsed_content(key)
+
+
+_PRESET_PARSERS: dict[tuple[str, str], Any] = {}
+
+
+def _preset_parser(root: str, preset: str) -> Any:
+    """A cached ``ConfigParser`` of a training preset (MONAI imported only when one is asked for)."""
+    if (root, preset) not in _PRESET_PARSERS:
+        from monai.bundle import ConfigParser
+
+        bundle = load_bundle(root)
+        if preset == Preset.auto.value:
+            raise BundleError("`preset` must be 'cpu' or 'paper' here, not 'auto'.")
+        parser = ConfigParser()
+        parser.read_config([str(p) for p in bundle.config_files(Workflow.train, Preset(preset))])
+        parser.update({"bundle_root": root})
+        _PRESET_PARSERS[(root, preset)] = parser
+    return _PRESET_PARSERS[(root, preset)]
+

@@ -221,6 +221,7 @@ def test_inference_json_builds_the_shipped_cpu_preset_network() -> None:
     def instance_norms(files: list[str]) -> int:
         parser = ConfigParser()
         parser.read_config(files)
+        parser["bundle_root"] = str(BUNDLE)  # inference.json reads its network sizes from the bundle's presets
         net = parser.get_parsed_content("network_def")
         return sum(isinstance(m, torch.nn.modules.instancenorm._InstanceNorm) for m in net.modules())
 
