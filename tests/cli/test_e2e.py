@@ -202,7 +202,7 @@ def test_sample_super_resolution(tmp_path: Path) -> None:
     from monai.bundle import ConfigParser
 
     tiny = {"num_steps": 1, "hidden_channels": 8, "rrdb_blocks": 1, "rrdb_growth_channels": 4}
-    tiny["rrdb_feature_channels"] = 8
+    tiny.update(rrdb_feature_channels=8, bundle_root=str(bundle))  # the other sizes come from the bundle's presets
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
     parser.update(tiny)
