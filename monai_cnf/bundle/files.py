@@ -261,4 +261,3 @@ def _preset_parser(root: str, preset: str) -> Any:
         parser.update({"bundle_root": root})
         _PRESET_PARSERS[(root, preset)] = parser
     return _PRESET_PARSERS[(root, preset)]
-

@@ -169,20 +169,34 @@ class ShiftHead(nn.Module):
 
     def __init__(self, spatial_dims: int, cond_channels: Sequence[int], out_channels: int, hidden_channels: int = 64):
         super().__init__()
+        self.project, self.out = self.layers(spatial_dims, cond_channels, out_channels, hidden_channels)
+
+    @staticmethod
+    def layers(
+        spatial_dims: int, cond_channels: Sequence[int], out_channels: int, hidden_channels: int
+    ) -> tuple[nn.ModuleList, nn.Sequential]:
+        """The head's layers ``(project, out)``, shared with :class:`~monai_cnf.networks.FactoredBaseline` (which
+        keeps them as its own attributes, so its weights' keys stay ``project.*`` / ``out.*``)."""
         conv = get_conv_type(spatial_dims)
-        self.project = nn.ModuleList([conv(int(c), hidden_channels, 1) for c in cond_channels])
-        self.out = nn.Sequential(
+        project = nn.ModuleList([conv(int(c), hidden_channels, 1) for c in cond_channels])
+        out = nn.Sequential(
             nn.ReLU(),
             conv(hidden_channels, hidden_channels, 3, padding=1),
             nn.ReLU(inplace=True),
             zero_init_(conv(hidden_channels, out_channels, 1)),
         )
+        return project, out
+
+    @staticmethod
+    def combine(project: nn.ModuleList, out: nn.Module, conds: Sequence[Tensor]) -> Tensor:
+        """Top-down sum of the projected levels (nearest 2x upsampling), upsampled to the target, then ``out``."""
+        a = project[-1](conds[-1])
+        for level in range(len(conds) - 2, -1, -1):
+            a = F.interpolate(a, scale_factor=2, mode="nearest") + project[level](conds[level])
+        return out(F.interpolate(a, scale_factor=2, mode="nearest"))
 
     def forward(self, conds: Sequence[Tensor]) -> Tensor:
-        a = self.project[-1](conds[-1])
-        for level in range(len(conds) - 2, -1, -1):
-            a = F.interpolate(a, scale_factor=2, mode="nearest") + self.project[level](conds[level])
-        return self.out(F.interpolate(a, scale_factor=2, mode="nearest"))
+        return self.combine(self.project, self.out, conds)
 
 
 class ConditionalNormalizingFlow(ConditionalLikelihoodModel):

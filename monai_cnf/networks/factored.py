@@ -13,8 +13,7 @@ from torch import Tensor, nn
 from monai_cnf.losses.functional import discretized_logistic_log_likelihood, weighted_bernoulli_log_likelihood
 from monai_cnf.metrics.likelihood import bits_per_dim, real_dims
 from monai_cnf.networks.base import ConditionalLikelihoodModel, Task
-from monai_cnf.networks.cnf import build_conditioner, check_condition_image, check_target
-from monai_cnf.networks.conditioners.subnets import get_conv_type, zero_init_
+from monai_cnf.networks.cnf import ShiftHead, build_conditioner, check_condition_image, check_target
 
 __all__ = ["FactoredBaseline"]
 
@@ -114,17 +113,11 @@ class FactoredBaseline(ConditionalLikelihoodModel):
         self.conditioner, self.cond_channels = build_conditioner(
             conditioner, spatial_dims, in_channels, self.num_levels, self.scale, conditioner_kwargs, cond_channels
         )
-        conv = get_conv_type(spatial_dims)
-        self.project = nn.ModuleList([conv(c, hidden_channels, 1) for c in self.cond_channels])
         per_pixel = 1 if likelihood == "bernoulli" else 2
-        self.out = nn.Sequential(
-            nn.ReLU(),
-            conv(hidden_channels, hidden_channels, 3, padding=1),
-            nn.ReLU(inplace=True),
-            # zero-initialised: the model starts at p = 0.5 (Bernoulli) or at the interpolated image with scale
-            # e^_INIT_LOG_SCALE grey levels (logistic)
-            zero_init_(conv(hidden_channels, out_channels * per_pixel, 1)),
-        )
+        # the last conv is zero-initialised: the model starts at p = 0.5 (Bernoulli) or at the interpolated image
+        # with scale e^_INIT_LOG_SCALE grey levels (logistic)
+        channels = out_channels * per_pixel
+        self.project, self.out = ShiftHead.layers(spatial_dims, self.cond_channels, channels, hidden_channels)
 
     @property
     def divisor(self) -> int:
@@ -165,10 +158,7 @@ class FactoredBaseline(ConditionalLikelihoodModel):
         """Per-pixel parameters: logits ``(B, out_channels, *target_spatial)`` (Bernoulli) or ``(mean, log_scale)``
         in grey levels (logistic)."""
         conds = self._conds(x)
-        a = self.project[-1](conds[-1])
-        for level in range(self.num_levels - 2, -1, -1):
-            a = F.interpolate(a, scale_factor=2, mode="nearest") + self.project[level](conds[level])
-        out = self.out(F.interpolate(a, scale_factor=2, mode="nearest"))
+        out = ShiftHead.combine(self.project, self.out, conds)
         if self.likelihood == "bernoulli":
             return out
         raw_mean, log_scale = out[:, : self.out_channels], out[:, self.out_channels :] + _INIT_LOG_SCALE

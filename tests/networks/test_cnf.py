@@ -117,6 +117,17 @@ def test_uniform_dequantization_mass_matches_flow_samples() -> None:
     assert abs(mass - inside) < 4 * se + 0.01, (mass, inside, se)
 
 
+def _change_of_variables(model: ConditionalNormalizingFlow, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log N(encode(y); 0, I) + log|det d encode / dy| of one continuous ``y`` (autograd Jacobian, float64)."""
+
+    def flat_latents(v: torch.Tensor) -> torch.Tensor:
+        return torch.cat([z.flatten() for z in model.encode(v.view_as(y), x)])
+
+    jac = torch.autograd.functional.jacobian(flat_latents, y.flatten())
+    eps = flat_latents(y)
+    return -0.5 * eps.square().sum() - 0.5 * eps.numel() * math.log(2 * math.pi) + torch.linalg.slogdet(jac)[1]
+
+
 def test_none_log_prob_is_change_of_variables_float64() -> None:
     """dequantization='none': log p(y|x) = log N(encode(y); 0, I) + log|det d encode / dy| (autograd, 64 x 64)."""
     model = _small("none").double()
@@ -127,13 +138,7 @@ def test_none_log_prob_is_change_of_variables_float64() -> None:
         for p in model.flow.parameters():
             p.add_(torch.randn_like(p) * 0.05)
 
-    def flat_latents(v: torch.Tensor) -> torch.Tensor:
-        return torch.cat([z.flatten() for z in model.encode(v.view_as(y), x)])
-
-    jac = torch.autograd.functional.jacobian(flat_latents, y.flatten())
-    eps = flat_latents(y)
-    expected = -0.5 * eps.square().sum() - 0.5 * eps.numel() * math.log(2 * math.pi) + torch.linalg.slogdet(jac)[1]
-    torch.testing.assert_close(model.log_prob(y, x)[0], expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(model.log_prob(y, x)[0], _change_of_variables(model, y, x), rtol=1e-9, atol=1e-9)
     bpd = model.bits_per_dim(y, x)
     torch.testing.assert_close(bpd, -model.log_prob(y, x) / (64 * math.log(2)))
 
@@ -356,13 +361,7 @@ def test_learned_shift_is_a_volume_preserving_change_of_variables_float64() -> N
             p.add_(torch.randn_like(p) * 0.1)
     assert (model._offset(x, model._conds(x)) - base).abs().max() > 1e-3  # the head now shifts
 
-    def flat_latents(v: torch.Tensor) -> torch.Tensor:
-        return torch.cat([z.flatten() for z in model.encode(v.view_as(y), x)])
-
-    jac = torch.autograd.functional.jacobian(flat_latents, y.flatten())
-    eps = flat_latents(y)
-    expected = -0.5 * eps.square().sum() - 0.5 * eps.numel() * math.log(2 * math.pi) + torch.linalg.slogdet(jac)[1]
-    torch.testing.assert_close(model.log_prob(y, x)[0], expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(model.log_prob(y, x)[0], _change_of_variables(model, y, x), rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(model.decode(model.encode(y, x), x), y, rtol=0, atol=1e-10)
     model.log_prob(y, x).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.shift_head.parameters())
