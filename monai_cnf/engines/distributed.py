@@ -162,17 +162,32 @@ def init_distributed(device: str | torch.device, timeout_s: float | None = None)
     return True
 
 
-def destroy_distributed() -> None:
+def destroy_distributed(exit_worker: bool = False) -> None:
     """Leave the process group (``finalize``) once every rank has got here; no-op outside one.
 
     The barrier matters: rank 0 may still be writing (the final checkpoint, the MLflow model) when the other ranks
     finish. A rank that tears down its gloo group while a peer is still connected aborts
     ("terminate called without an active exception"), and torchrun then kills rank 0 mid-write.
+
+    Args:
+        exit_worker: on ranks > 0, end the process right here (``os._exit(0)``, after flushing stdout/stderr).
+            Even after the barrier and ``destroy_process_group``, a worker can still abort in C++ while the
+            interpreter tears down (the DDP reducer and gloo's threads outlive the group; seen in CI and twice in
+            local runs of the SR torchrun test); such a worker has nothing left to write, so the bundles'
+            multi-GPU ``finalize`` skips that teardown. Rank 0 exits normally. Defaults to False.
     """
-    if dist.is_available() and dist.is_initialized():
-        if dist.get_world_size() > 1:
-            dist.barrier()
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world > 1:
+        dist.barrier()
+    dist.destroy_process_group()
+    if exit_worker and world > 1 and rank > 0:
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @torch.no_grad()

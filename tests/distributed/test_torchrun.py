@@ -222,7 +222,7 @@ def test_super_resolution_bundle_trains_with_two_processes(tmp_path: Path) -> No
         # it, not tear its gloo group down and abort (CI saw that abort; torchrun then killed rank 0 mid-write)
         "finalize": [
             "$__import__('time').sleep(3.0 if monai_cnf.engines.is_main_process() else 0.0)",
-            "$monai_cnf.engines.destroy_distributed()",
+            "$monai_cnf.engines.destroy_distributed(exit_worker=True)",
         ],
     }  # fmt: skip
     for key, value in tiny.items():
