@@ -35,6 +35,9 @@ Usage::
     python benchmarks/flow_speed.py                    # full workload, 5 repeats, CPU
     python benchmarks/flow_speed.py --quick            # batch 2, 2 repeats
     python benchmarks/flow_speed.py --device cuda --repeats 20
+
+Last, it prints the whole model's ratios of :mod:`model_speed` (conditioner checkpointing: peak memory and step
+time; sampling N samples of one image with the conditioner once), unless ``--no-model``.
 """
 
 from __future__ import annotations
@@ -348,6 +351,9 @@ def main(argv: list[str] | None = None) -> None:
         "--no-recompute", action="store_true", help="ours: store the second hidden map (faster, more memory)."
     )
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables and exit.")
+    parser.add_argument(
+        "--no-model", action="store_true", help="skip the whole-model table (benchmarks/model_speed.py) at the end."
+    )
     parser.add_argument("--impl", choices=["ours", "freia"], help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args(argv)
     args.repeats = args.repeats or (2 if args.quick else 5)
@@ -441,6 +447,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{ours['saved'] / freia['saved']:.2f}x (saved activations); "
         f">= 50% of conv throughput: {100 * g_ours / g_conv:.0f}%"
     )
+    if not args.no_model:  # the whole model's memory and sampling ratios (conditioner checkpointing, issue 11)
+        import model_speed
+
+        rows = model_speed.measure(args.device, args.batch, args.repeats, 4 if args.quick else 8, args.threads)
+        model_speed.print_table(rows, "whole CNF (conditioner + flow), SR config: checkpointing and sampling")
 
 
 if __name__ == "__main__":

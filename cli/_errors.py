@@ -98,6 +98,38 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+#: Loggers that MONAI and MLflow give their own stdout/stderr handler and format: their lines go through Rich too.
+OWN_FORMAT_LOGGERS = ("monai.handlers.StatsHandler", "mlflow")
+
+
+def _one_log_style(handler: logging.Handler) -> None:
+    """Route the loggers that format for themselves through ``handler``, so a run prints one log style.
+
+    MONAI's ``StatsHandler`` (the "Epoch[3] Metrics -- val_max_f: ..." lines) logs through
+    ``monai.apps.get_logger``, which adds a plain stdout handler only to a logger that does not exist yet: created
+    here first, with Rich's handler, it keeps that one. MLflow configures its own handler when it is imported
+    (``MLFLOW_CONFIGURE_LOGGING``, switched off here for the imports to come); if it was imported already, its
+    handlers are replaced. Both stay at INFO / their level; nothing is silenced.
+    """
+    import os
+    import sys
+
+    from rich.logging import RichHandler
+
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    for name in OWN_FORMAT_LOGGERS:
+        if name == "mlflow" and "mlflow" not in sys.modules:
+            continue  # MLflow will not configure it (environment above): it propagates to the root's Rich handler
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            if isinstance(h, RichHandler) or type(h) is logging.StreamHandler:
+                lg.removeHandler(h)
+        lg.addHandler(handler)
+        lg.propagate = False
+        if name == "monai.handlers.StatsHandler":
+            lg.setLevel(logging.INFO)  # what MONAI's get_logger sets
+
+
 def setup_logging(verbose: bool) -> None:
     """Rich log lines on stderr: INFO for monai_cnf (e.g. "no dataset_dir: training on synthetic data"),
     WARNING for other libraries; everything at INFO with ``--verbose``."""
@@ -112,6 +144,7 @@ def setup_logging(verbose: bool) -> None:
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("monai_cnf").setLevel(logging.INFO)
+    _one_log_style(handler)
     if not verbose:
         import warnings
 

@@ -47,6 +47,7 @@ from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import strtobool
 
 from monai_cnf.bundle import load_bundle
+from monai_cnf.data.readers import is_row_major
 from monai_cnf.label import BundleUncertaintyScorer, preset_configs, rank_by_score
 
 logger = logging.getLogger(__name__)
@@ -77,17 +78,24 @@ _stock = _stock_app_module()
 
 
 class To2DLabeld(MapTransform):
-    """Turn a 2D ``(1, H, W)`` prediction into the ``(W, H)`` uint8 array MONAI Label's writer expects.
+    """Turn a 2D ``(1, *spatial)`` prediction into the 2D uint8 array MONAI Label's writer expects, ``(x, y)``.
 
-    MONAI Label's ``Restored`` + ITK writer follow MONAI's default PIL convention (``reverse_indexing=True``: arrays
-    indexed ``(x, y)``, transposed on writing). A bundle that loads PNG/TIFF with ``reverse_indexing=false``
-    (rows first, as the DRIVE bundle does) gives ``(1, H, W)``: without this step the channel axis is written as a
-    3rd dimension and ``Restored`` resizes ``(H, W)`` to ``(W, H)``.
+    MONAI Label's ``Restored`` + ITK writer follow MONAI's ``(x, y)`` convention (the default ``PILReader`` with
+    ``reverse_indexing=True``: arrays indexed ``(x, y)``, transposed on writing). The bundles load PNG/TIFF rows
+    first (:func:`monai_cnf.data.image_readers`), so a raster image's ``(1, H, W)`` prediction is transposed here;
+    NIfTI and DICOM are loaded in ``(x, y)`` order already and keep it. Without this step the channel axis is
+    written as a 3rd dimension and ``Restored`` resizes ``(H, W)`` to ``(W, H)``.
     """
 
-    def __init__(self, keys: Any, transpose: bool) -> None:
+    def __init__(self, keys: Any, image_path_key: str = "image_path") -> None:
         super().__init__(keys)
-        self.transpose = transpose
+        self.image_path_key = image_path_key
+
+    def _row_major(self, d: dict[str, Any]) -> bool:
+        path = d.get(self.image_path_key)
+        if path is None:  # MONAI Label sets image_path; else the loaded image's file name
+            path = getattr(d.get("image"), "meta", {}).get("filename_or_obj", "")
+        return is_row_major(str(path)) if path else True
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         d = dict(data)
@@ -96,7 +104,7 @@ class To2DLabeld(MapTransform):
             arr = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
             if arr.ndim == 3 and arr.shape[0] == 1:
                 arr = arr[0]
-                arr = arr.T if self.transpose else arr
+                arr = arr.T if self._row_major(d) else arr
                 d[key] = np.ascontiguousarray(arr).astype(np.uint8)
         return d
 
@@ -119,20 +127,9 @@ class CNFBundleInferTask(BundleInferTask):
         post = list(super().post_transforms(data))
         if self.dimension != 2:
             return post
-        fix = To2DLabeld(self.key_pred, transpose=not _reverse_indexing(self.bundle_config))
+        fix = To2DLabeld(self.key_pred)
         # before MONAI Label's Restored (appended last by BundleInferTask)
         return [*post[:-1], fix, post[-1]] if self.add_post_restore and post else [*post, fix]
-
-
-def _reverse_indexing(config: Any) -> bool:
-    """The ``reverse_indexing`` of the bundle's ``LoadImaged`` (MONAI's default True when not set)."""
-    for key in ("preprocessing", "pre_transforms"):
-        section = config.get(key)
-        transforms = section.get("transforms", []) if isinstance(section, dict) else section or []
-        for t in transforms if isinstance(transforms, list) else []:
-            if isinstance(t, dict) and str(t.get("_target_", "")).endswith("LoadImaged"):
-                return bool(t.get("reverse_indexing", True))
-    return True
 
 
 class CNFUncertaintyScoring(ScoringMethod):

@@ -143,8 +143,8 @@ def _channel_error(path: Path, got: int, bundle: Bundle) -> BundleError:
     )
 
 
-#: Image files ``run_sampling`` takes from a folder.
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".gif", ".bmp", ".nii", ".gz")
+#: Image files ``run_sampling`` takes from a folder (what :func:`monai_cnf.data.image_readers` reads).
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".gif", ".bmp", ".nii", ".gz", ".dcm")
 
 
 def input_images(path: Path) -> list[Path]:
@@ -180,8 +180,9 @@ def run_sampling(
 
     ``num_samples`` and ``temperature`` default to the bundle's (``inference.json``'s ``num_samples`` and
     ``temperature``); the result's ``info`` says which were used and where they came from. The network and weights
-    come from :func:`~monai_cnf.bundle.load_trained`. A folder of images writes ``output/<image stem>/``; a Rich
-    progress bar on stderr counts the images of a folder (``progress=False``: none).
+    come from :func:`~monai_cnf.bundle.load_trained`. A folder of images writes ``output/<image stem>/``. Rich
+    progress bars on stderr follow the samples of each image and count the images of a folder (``progress=False``:
+    none).
     """
     import torch
 
@@ -213,22 +214,26 @@ def run_sampling(
         _use_trained_windows(inferer, trained.provenance.network_configs[0])
     preprocessing = parser.get_parsed_content("preprocessing")
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
     result = SampleResult(output, trained.provenance.checkpoint)
-    columns = (TextColumn("sample"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     columns += (TextColumn("{task.fields[name]}"),)
-    with Progress(*columns, console=Console(stderr=True), disable=not progress or len(images) == 1) as bar:
-        task = bar.add_task("sample", total=len(images), name="")
+    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+        # one bar for the images of a folder, one for the samples of the image being drawn
+        images_task = bar.add_task("images", total=len(images), name="", visible=len(images) > 1)
+        samples_task = bar.add_task(f"{n} samples", total=1.0, name="")
+        inferer.progress = lambda fraction: bar.update(samples_task, completed=fraction)
         for image, folder in zip(images, folders, strict=True):
-            bar.update(task, name=image.name)
+            bar.reset(samples_task, total=1.0, name=image.name)
             if seed is not None:
                 torch.manual_seed(seed)
                 inferer.generator = torch.Generator(device=device).manual_seed(seed)
             written = _sample_one(bundle, parser, preprocessing, inferer, trained.network, image, folder, device)
             prefix = "" if folder == output else f"{folder.name}/"
             result.files.update({prefix + k: v for k, v in written.items()})
-            bar.advance(task)
+            bar.advance(images_task)
+        inferer.progress = None
     def origin(value: Any) -> str:
         return "given" if value is not None else "bundle"
 
@@ -265,7 +270,11 @@ def _sample_one(
     samples, mean, std = _restore_geometry(parser, preprocessing, data, [samples.flatten(0, 1), mean, std])
     samples = samples.reshape(inferer.num_samples, -1, *samples.shape[1:])
     vr = bundle.io("outputs", "pred").get("value_range") or [0, 1]
-    return write_outputs(output, samples, mean, std, vr, _affine(x), transpose=_xy_order(preprocessing))
+    from monai_cnf.data.readers import is_row_major
+
+    loaded_shape = (getattr(x, "meta", {}) or {}).get("spatial_shape", x.shape[1:])
+    affine = _output_affine(_affine(x), np.asarray(loaded_shape).tolist(), mean.shape[1:])
+    return write_outputs(output, samples, mean, std, vr, affine, transpose=not is_row_major(image))
 
 
 def _use_trained_windows(inferer: Any, config: Path) -> None:
@@ -324,25 +333,11 @@ def _restore_geometry(parser: Any, preprocessing: Any, data: Mapping[str, Any], 
     return out
 
 
-def _xy_order(preprocessing: Any) -> bool:
-    """Whether the bundle's ``LoadImage(d)`` gives 2D images in MONAI's ``(x, y)`` order (PNGs need a transpose).
-
-    MONAI's readers index ``(x, y)`` by default; a ``PILReader(reverse_indexing=False)`` (the DRIVE bundle's
-    choice) keeps the file's ``(row, column)`` order.
-    """
-    for t in getattr(preprocessing, "transforms", ()):
-        loader = getattr(t, "_loader", t)
-        readers = getattr(loader, "readers", None)
-        if type(loader).__name__ == "LoadImage" and readers:
-            reader = readers[-1]  # a reader given by the config is tried first (last in the list)
-            if type(reader).__name__ == "PILReader":
-                return bool(getattr(reader, "reverse_indexing", True))
-            return True
-    return False
-
-
 def _affine(x: Any) -> np.ndarray:
-    affine = getattr(x, "affine", None)
+    """The 4x4 affine of the image as it was loaded (``original_affine``: padding by the preprocessing does not
+    move it), else of ``x``, else the identity."""
+    meta = getattr(x, "meta", {}) or {}
+    affine = meta.get("original_affine", getattr(x, "affine", None))
     if affine is None:
         return np.eye(4)
     a = np.asarray(affine, dtype=np.float64)
@@ -352,3 +347,25 @@ def _affine(x: Any) -> np.ndarray:
     n = a.shape[0] - 1
     full[:n, :n], full[:n, 3] = a[:n, :n], a[:n, n]
     return full
+
+
+def _output_affine(affine: np.ndarray, in_shape: Sequence[int], out_shape: Sequence[int]) -> np.ndarray:
+    """The input's affine for an output on its grid; for an output on an ``s``-times finer grid (super-resolution),
+    the affine of that grid: voxels ``s`` times smaller, with voxel centres where a ``s x s`` block of the output
+    covers one input voxel (output index ``i`` sits at input index ``(i + 0.5) / s - 0.5``).
+
+    >>> _output_affine(np.eye(4), (2, 2), (4, 4))[:2].tolist()
+    [[0.5, 0.0, 0.0, -0.25], [0.0, 0.5, 0.0, -0.25]]
+    """
+    in_shape, out_shape = [int(v) for v in in_shape], [int(v) for v in out_shape]
+    if in_shape == out_shape or len(in_shape) != len(out_shape) or len(in_shape) > 3:
+        return affine
+    if any(o % i for i, o in zip(in_shape, out_shape, strict=True)):
+        return affine
+    scale = np.ones(3)
+    for d, (i, o) in enumerate(zip(in_shape, out_shape, strict=True)):
+        scale[d] = i / o
+    grid = np.eye(4)
+    grid[:3, :3] = np.diag(scale)
+    grid[:3, 3] = (scale - 1.0) / 2.0
+    return affine @ grid

@@ -8,13 +8,14 @@ DRIVE's official layout (also what :func:`monai_cnf.data.make_synthetic_drive` w
 
 Loading (what :func:`drive_load_transforms` returns, and what a bundle writes in JSON)::
 
-    {"_target_": "LoadImaged", "keys": ["image", "label", "mask"], "reader": "PILReader",
-     "reverse_indexing": false, "ensure_channel_first": true, "image_only": true}
+    {"_target_": "LoadImaged", "keys": ["image", "label", "mask"], "reader": "$monai_cnf.data.image_readers()",
+     "ensure_channel_first": true, "image_only": true}
     {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": 0, "a_max": 255, "b_min": 0.0, "b_max": 1.0,
      "clip": true}
     {"_target_": "monai_cnf.transforms.BinarizeLabeld", "keys": ["label", "mask"]}
 
-``reverse_indexing=False`` keeps the files' row-major order: every key comes out ``(C, H, W) = (C, 584, 565)``,
+:func:`~monai_cnf.data.image_readers` reads DRIVE's ``.tif``/``.gif`` files with MONAI's ``PILReader``
+(``reverse_indexing=False``), which keeps the files' row-major order: every key comes out ``(C, H, W) = (C, 584, 565)``,
 the same as ``numpy.asarray(PIL.Image.open(path))`` moved channel-first, so image, labels and mask align and a
 prediction ``pred[0]`` saves back with ``PIL.Image.fromarray`` in the original orientation. (MONAI's PILReader
 default, ``reverse_indexing=True``, gives ``(C, 565, 584)``: consistent too, but transposed.) The 1st observer
@@ -164,6 +165,7 @@ def drive_load_transforms(
     """
     from monai.transforms import LoadImaged, ScaleIntensityRanged
 
+    from monai_cnf.data.readers import image_readers
     from monai_cnf.transforms import BinarizeLabeld
 
     keys = list(keys)
@@ -173,8 +175,7 @@ def drive_load_transforms(
     out: list[Any] = [
         LoadImaged(
             keys,
-            reader="PILReader",
-            reverse_indexing=False,
+            reader=image_readers(),
             ensure_channel_first=True,
             image_only=True,
             allow_missing_keys=allow_missing_keys,

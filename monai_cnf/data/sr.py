@@ -130,7 +130,8 @@ def sr_pair_transforms(
 ) -> list[Any]:
     """MONAI transforms turning a file path under ``hr_key`` into an (HR, bicubic LR) pair.
 
-    ``LoadImaged`` (PILReader, row-major ``(C, H, W)``) -> ``ToRGBd`` -> ``DivisibleCropd(k=scale)`` (modcrop) ->
+    ``LoadImaged`` (:func:`~monai_cnf.data.image_readers`: raster files row-major ``(C, H, W)``) -> ``ToRGBd`` ->
+    ``DivisibleCropd(k=scale)`` (modcrop) ->
     optional ``RandSpatialCropd(patch_size)`` -> ``BicubicDownsampled`` (MATLAB bicubic, antialiased, rounded to
     8 bits when ``quantize``, divided by 255). The HR stays integer-valued float in [0, 255].
 
@@ -150,13 +151,14 @@ def sr_pair_transforms(
     """
     from monai.transforms import LoadImaged, RandSpatialCropd
 
+    from monai_cnf.data.readers import image_readers
     from monai_cnf.transforms import BicubicDownsampled, DivisibleCropd, ToRGBd
 
     if int(scale) != scale or scale < 1:
         raise ValueError(f"scale must be a positive integer for (HR, LR) pairs, got {scale}.")
     scale = int(scale)
     out: list[Any] = [
-        LoadImaged(hr_key, reader="PILReader", reverse_indexing=False, ensure_channel_first=True, image_only=True),
+        LoadImaged(hr_key, reader=image_readers(), ensure_channel_first=True, image_only=True),
         ToRGBd(hr_key),
         DivisibleCropd(hr_key, k=scale),
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -49,6 +49,9 @@ class SampleInferer(Inferer):
             ``mode="replicate"``), sample the padded image and crop every output back to the target size (as the
             paper does for Set14/BSD100: pad right and bottom, score the original region). False raises the model's
             error instead. Defaults to False.
+        progress: called with the fraction of the call's samples drawn so far (0 to 1, after every chunk and,
+            with windows, every window batch), e.g. to drive a progress bar while one image is sampled.
+            Defaults to None.
 
     Returns (from ``__call__``):
         the mean ``(B, C, *spatial)`` when neither ``return_std`` nor ``return_samples`` is set, else a dict with
@@ -77,6 +80,7 @@ class SampleInferer(Inferer):
         generator: torch.Generator | None = None,
         exact_mean: bool = True,
         pad_to_divisor: bool = False,
+        progress: Callable[[float], None] | None = None,
     ) -> None:
         super().__init__()
         if int(num_samples) < 1:
@@ -96,14 +100,21 @@ class SampleInferer(Inferer):
         self.generator = generator
         self.exact_mean = bool(exact_mean)
         self.pad_to_divisor = bool(pad_to_divisor)
+        self.progress = progress
+        self._span = (0.0, 1.0)  # the part of the call's work the current _moments covers (windows split it)
 
-    def _draw(self, network: Any, x: torch.Tensor, n: int) -> torch.Tensor:
-        s = network.sample(x, num_samples=n, temperature=self.temperature, generator=self.generator, chunk_size=n)
-        if s.dim() != x.dim() + 1 or s.shape[0] != n or s.shape[1] != x.shape[0]:
-            raise ValueError(
-                f"network.sample must return (S, B, C, *spatial) with S={n}, B={x.shape[0]}; got {tuple(s.shape)}."
-            )
-        return s
+    def _draws(self, network: Any, x: torch.Tensor, n: int) -> Iterator[torch.Tensor]:
+        """``n`` samples, ``chunk_size`` at a time, from ``network.sample_chunks`` (its condition pass runs once)."""
+        chunks = network.sample_chunks(
+            x, num_samples=n, temperature=self.temperature, generator=self.generator, chunk_size=self.chunk_size
+        )
+        for s in chunks:
+            if s.dim() != x.dim() + 1 or not 1 <= s.shape[0] <= self.chunk_size or s.shape[1] != x.shape[0]:
+                raise ValueError(
+                    f"network.sample_chunks must yield (k, B, C, *spatial) with k <= chunk_size={self.chunk_size}, "
+                    f"B={x.shape[0]}; got {tuple(s.shape)}."
+                )
+            yield s
 
     def _moments(self, x: torch.Tensor, network: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Mean, second moment and (optionally) the samples on one (window) batch."""
@@ -115,15 +126,19 @@ class SampleInferer(Inferer):
         moments = network.exact_moments(x, self.temperature) if exact else None
         n_draw = 1 if ((self.temperature == 0 or exact) and not self.return_samples) else self.num_samples
         done = 0
-        while done < n_draw:
-            n = min(self.chunk_size, n_draw - done)
-            s = self._draw(network, x, n)
+        for s in self._draws(network, x, n_draw):
+            n = s.shape[0]
             s64 = s.detach().to(torch.float64)
             total = total + s64.sum(0)
             sq = sq + (s64 * s64).sum(0)
             if self.return_samples:
                 kept.append(s.detach())
             done += n
+            if self.progress is not None:
+                lo, hi = self._span
+                self.progress(lo + (hi - lo) * done / n_draw)
+        if done != n_draw:
+            raise ValueError(f"network.sample_chunks yielded {done} samples, {n_draw} were asked for.")
         mean = total / n_draw
         second = sq / n_draw
         samples = torch.cat(kept, 0) if kept else None
@@ -139,6 +154,7 @@ class SampleInferer(Inferer):
                 f"network must be a ConditionalLikelihoodModel with sample() (a CNF or factored baseline), got "
                 f"{type(network).__name__}."
             )
+        self._span = (0.0, 1.0)
         with torch.no_grad():
             padded, target = _pad_to_divisor(inputs, network) if self.pad_to_divisor else (inputs, None)
             if self.roi_size is None or _fits(padded, self.roi_size):
@@ -176,6 +192,7 @@ class SampleInferer(Inferer):
         for first in range(0, len(windows), self.sw_batch_size):
             group = windows[first : first + self.sw_batch_size]
             crops = torch.cat([inputs[(slice(None), slice(None), *w)] for w, _ in group], dim=0)
+            self._span = (first / len(windows), min(first + self.sw_batch_size, len(windows)) / len(windows))
             m, sq, s = self._moments(crops, network)
             m, sq = _plain(m), _plain(sq)
             s = None if s is None else _plain(s)

@@ -6,6 +6,7 @@ asks which kind of model it holds.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from enum import Enum
 
 import torch
@@ -29,7 +30,8 @@ class ConditionalLikelihoodModel(nn.Module):
 
     * :meth:`log_prob` ``(y, x) -> (B,)`` nats (a lower bound for dequantized flows);
     * :meth:`bits_per_dim` ``(y, x, mask=None) -> (B,)``: :math:`-\log_2 p(y \mid x) / D`, ``D`` the real elements;
-    * :meth:`sample` ``(x, num_samples, temperature, generator, chunk_size) -> (S, B, C, *spatial)``;
+    * :meth:`sample` ``(x, num_samples, temperature, generator, chunk_size) -> (S, B, C, *spatial)``, and
+      :meth:`sample_chunks`, the same samples chunk by chunk;
     * :meth:`forward` ``(x) -> (B, C, *spatial)``, the deterministic prediction;
     * :attr:`task`, a :class:`Task`;
     * :meth:`exact_moments`: the mean and second moment of the samples when the model has them in closed form.
@@ -77,6 +79,28 @@ class ConditionalLikelihoodModel(nn.Module):
     ) -> Tensor:
         """``num_samples`` samples ``(S, B, C, *spatial)`` at ``temperature``, ``chunk_size`` per pass."""
         raise NotImplementedError(f"{type(self).__name__} has no sample.")
+
+    def sample_chunks(
+        self,
+        x: Tensor,
+        num_samples: int = 4,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        chunk_size: int | None = None,
+    ) -> Iterator[Tensor]:
+        """:meth:`sample`'s samples as they are drawn, ``(k, B, C, *spatial)`` with ``k <= chunk_size``, so a caller
+        can reduce them without holding all ``num_samples`` (:class:`~monai_cnf.engines.SampleInferer`).
+
+        This default calls :meth:`sample` once per chunk; models whose condition costs a network pass override it
+        to run that pass once for all chunks (the CNF's conditioner, the factored baseline's head).
+        """
+        self.check_sampling(num_samples, temperature, chunk_size)
+        chunk = int(chunk_size or self.default_chunk_size)
+        done = 0
+        while done < int(num_samples):
+            k = min(chunk, int(num_samples) - done)
+            yield self.sample(x, num_samples=k, temperature=temperature, generator=generator, chunk_size=k)
+            done += k
 
     def forward(self, x: Tensor) -> Tensor:
         """The deterministic prediction ``(B, C, *spatial)`` (MONAI's inferers call this)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from monai_cnf.networks.base import ConditionalLikelihoodModel, Task
+from monai_cnf.networks.checkpointing import checkpointed
 from monai_cnf.networks.conditioners.rrdb import RRDBConditioner
 from monai_cnf.networks.conditioners.subnets import get_conv_type, zero_init_
 from monai_cnf.networks.conditioners.vgg import VGGConditioner
@@ -245,6 +246,9 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         residual: model the target as a correction of the interpolated ``x`` (above); needs
             ``in_channels == out_channels`` and ``dequantization="uniform"`` or ``"none"``. Defaults to False.
         learned_shift: add the regression head's output to the shift (above; needs ``residual``). Defaults to False.
+        use_checkpoint: recompute the conditioner's activations in backward (activation checkpointing,
+            :func:`~monai_cnf.networks.checkpointing.checkpointed`): less training memory for one more conditioner
+            forward per step; the results are the same. Defaults to False.
 
     Example:
         >>> model = ConditionalNormalizingFlow(spatial_dims=2, in_channels=3, out_channels=1, num_levels=2,
@@ -273,6 +277,7 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         clamp: float = 2.0,
         residual: bool = False,
         learned_shift: bool = False,
+        use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -289,6 +294,7 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         self.num_levels = num_levels
         self.scale = int(scale)
         self.dequantization = dequantization
+        self.use_checkpoint = bool(use_checkpoint)
         self.conditioner, self.cond_channels = build_conditioner(
             conditioner, spatial_dims, in_channels, num_levels, self.scale, conditioner_kwargs, cond_channels
         )
@@ -334,7 +340,8 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
     # ------------------------------------------------------------------ helpers
     def _conds(self, x: Tensor) -> list[Tensor]:
         check_condition_image(x, self.spatial_dims, self.in_channels, self.divisor, self.scale)
-        conds = self.conditioner(x)  # the one part that runs in low precision under autocast
+        # the one part that runs in low precision under autocast
+        conds = checkpointed(self.conditioner, x) if self.use_checkpoint else self.conditioner(x)
         if isinstance(conds, Tensor) or len(conds) != self.num_levels:
             raise ValueError(
                 f"the conditioner must return a list of num_levels={self.num_levels} feature maps, got "
@@ -464,6 +471,19 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         Returns:
             ``(S, B, out_channels, *target_spatial)``.
         """
+        return torch.cat(list(self.sample_chunks(x, num_samples, temperature, generator, chunk_size)), dim=0)
+
+    @torch.no_grad()
+    def sample_chunks(
+        self,
+        x: Tensor,
+        num_samples: int = 4,
+        temperature: float = 0.8,
+        generator: torch.Generator | None = None,
+        chunk_size: int | None = None,
+    ) -> Iterator[Tensor]:
+        """:meth:`sample`'s samples ``chunk_size`` at a time, ``(k, B, out_channels, *target_spatial)``; the
+        conditioner runs once, before the first chunk."""
         self.check_sampling(num_samples, temperature, chunk_size)
         chunk = int(chunk_size or self.default_chunk_size)
         conds = self._conds(x)
@@ -471,7 +491,6 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         shapes = self.flow.latent_shapes(target)
         with _float32(x):
             offset = self._offset(_full(x), conds)
-        out = []
         done = 0
         while done < num_samples:
             k = min(chunk, num_samples - done)
@@ -487,9 +506,8 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
             with _float32(x):
                 w = self.flow.decode([_full(z) for z in zs], [self._repeat(h, k) for h in conds])
             off = self._repeat(offset, k) if isinstance(offset, Tensor) else offset
-            out.append(self._quantize_centred(w, off).view(k, x.shape[0], *w.shape[1:]))
+            yield self._quantize_centred(w, off).view(k, x.shape[0], *w.shape[1:])
             done += k
-        return torch.cat(out, dim=0)
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from monai_cnf.losses.functional import discretized_logistic_log_likelihood, weighted_bernoulli_log_likelihood
 from monai_cnf.metrics.likelihood import bits_per_dim, real_dims
 from monai_cnf.networks.base import ConditionalLikelihoodModel, Task
+from monai_cnf.networks.checkpointing import checkpointed
 from monai_cnf.networks.cnf import ShiftHead, build_conditioner, check_condition_image, check_target
 
 __all__ = ["FactoredBaseline"]
@@ -61,6 +62,7 @@ class FactoredBaseline(ConditionalLikelihoodModel):
         conditioner_kwargs: arguments of the named conditioner. Defaults to None.
         cond_channels: channels per level of a custom conditioner without ``out_channels``. Defaults to None.
         residual: logistic only: predict a correction of the upsampled ``x``. Defaults to True.
+        use_checkpoint: recompute the conditioner's activations in backward (as the CNF's option). Defaults to False.
 
     Example:
         >>> model = FactoredBaseline(spatial_dims=2, in_channels=3, out_channels=1, num_levels=2,
@@ -84,6 +86,7 @@ class FactoredBaseline(ConditionalLikelihoodModel):
         conditioner_kwargs: dict[str, Any] | None = None,
         cond_channels: Sequence[int] | None = None,
         residual: bool = True,
+        use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -109,6 +112,7 @@ class FactoredBaseline(ConditionalLikelihoodModel):
         self.beta = None if beta is None else float(beta)
         self.scale = int(scale)
         self.num_bins = 256
+        self.use_checkpoint = bool(use_checkpoint)
         self.residual = bool(residual) and likelihood == "logistic" and in_channels == out_channels
         self.conditioner, self.cond_channels = build_conditioner(
             conditioner, spatial_dims, in_channels, self.num_levels, self.scale, conditioner_kwargs, cond_channels
@@ -142,7 +146,7 @@ class FactoredBaseline(ConditionalLikelihoodModel):
 
     def _conds(self, x: Tensor) -> list[Tensor]:
         check_condition_image(x, self.spatial_dims, self.in_channels, self.divisor, self.scale)
-        conds = self.conditioner(x)
+        conds = checkpointed(self.conditioner, x) if self.use_checkpoint else self.conditioner(x)
         if isinstance(conds, Tensor) or len(conds) != self.num_levels:
             raise ValueError(f"the conditioner must return a list of num_levels={self.num_levels} feature maps.")
         for level, (h, c) in enumerate(zip(conds, self.cond_channels, strict=True)):
@@ -227,13 +231,41 @@ class FactoredBaseline(ConditionalLikelihoodModel):
         if temperature == 0:
             mode = self.forward(x)
             return mode.unsqueeze(0).expand(int(num_samples), *mode.shape).clone()
-        params = self.head(x)
+        return self._draw(self.head(x), int(num_samples), temperature, generator)
+
+    @torch.no_grad()
+    def sample_chunks(
+        self,
+        x: Tensor,
+        num_samples: int = 4,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        chunk_size: int | None = None,
+    ) -> Iterator[Tensor]:
+        """:meth:`sample`'s samples ``chunk_size`` at a time (default: all in one); the head runs once."""
+        self.check_sampling(num_samples, temperature, chunk_size)
+        chunk = int(chunk_size or num_samples)
+        if temperature == 0:
+            mode = self.forward(x)
+        else:
+            params = self.head(x)
+        done = 0
+        while done < int(num_samples):
+            k = min(chunk, int(num_samples) - done)
+            if temperature == 0:
+                yield mode.unsqueeze(0).expand(k, *mode.shape).clone()
+            else:
+                yield self._draw(params, k, temperature, generator)
+            done += k
+
+    def _draw(self, params: Any, num_samples: int, temperature: float, generator: torch.Generator | None) -> Tensor:
+        """``num_samples`` samples of the per-pixel distribution the head's ``params`` define, at ``temperature``."""
         if self.likelihood == "bernoulli":
-            p = torch.sigmoid(params / temperature)  # type: ignore[operator]
-            p = p.unsqueeze(0).expand(int(num_samples), *p.shape)
+            p = torch.sigmoid(params / temperature)
+            p = p.unsqueeze(0).expand(num_samples, *p.shape)
             return torch.bernoulli(p, generator=generator)
-        mean, log_scale = params  # type: ignore[misc]
-        shape = (int(num_samples), *mean.shape)
+        mean, log_scale = params
+        shape = (num_samples, *mean.shape)
         u = torch.rand(shape, generator=generator, device=mean.device, dtype=mean.dtype).clamp_(1e-7, 1 - 1e-7)
         z = mean + temperature * log_scale.exp() * (torch.log(u) - torch.log1p(-u))
         return torch.round(z).clamp_(0, self.num_bins - 1)

@@ -429,6 +429,9 @@ class CNFMLFlowHandler(MLFlowHandler):
         # expressions and references ("$@network_def.to(@torch_device)") are code, not hyperparameters: their
         # resolved values come through `params`; the whole config (with them) is the logged artifact
         params = {k: v for k, v in flatten_config(config).items() if not v.startswith(("$", "@"))}
+        # a key given as a resolved value (`params`) is logged as that; its JSON spelling (`false` for False,
+        # `null` for None) is not a second value
+        params = {k: v for k, v in params.items() if k not in self.params}
         self._log_params_once(params)
         if self.config_file.name not in {a.path for a in self.client.list_artifacts(self.cur_run.info.run_id)}:
             self.client.log_artifact(self.cur_run.info.run_id, str(self.config_file))

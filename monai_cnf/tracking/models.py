@@ -14,9 +14,11 @@ a version of a per-bundle, per-model-kind name (:func:`registered_model_name`) p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +65,9 @@ class SamplingModel(PythonModel):
         self.network = network.to("cpu").eval()
         self.chunk_size = int(chunk_size)
 
-    # no type hints on purpose: MLflow reads predict's hints as a schema and warns on anything but list[...]
-    def predict(self, context, model_input, params=None):
+    # MLflow reads predict's input hint as a schema: np.ndarray is its "no schema from the hint" type (the signature
+    # is given when logging); no hint at all makes it warn on every import
+    def predict(self, context, model_input: np.ndarray, params=None):
         from monai_cnf.engines.inferer import SampleInferer
 
         p = {**DEFAULT_PARAMS, **(params or {})}
@@ -83,6 +86,20 @@ class SamplingModel(PythonModel):
         if "samples" in out:
             result["samples"] = out["samples"].float().numpy()
         return result
+
+
+@contextlib.contextmanager
+def _quiet_pyfunc() -> Iterator[None]:
+    """Silence what MLflow logs on every ``save_model`` of this model, which is no news to the user: the
+    CloudPickle note (the model object *is* the trained network; loading it needs monai-cnf, see
+    ``pip_requirements``) and "Validating input example against model signature". Errors still show."""
+    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_logger.level
+    pyfunc_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pyfunc_logger.setLevel(level)
 
 
 def log_sampling_model(
@@ -130,7 +147,7 @@ def log_sampling_model(
     import monai_cnf
 
     requirements = [f"monai-cnf=={monai_cnf.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_pyfunc():
         path = Path(tmp) / artifact_path
         mlflow.pyfunc.save_model(
             path=str(path), python_model=model, signature=signature, input_example=example,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import mlflow
@@ -239,3 +240,21 @@ def test_system_metrics_follow_mlflows_switch(tmp_path: Path, store: str, monkey
     metrics = client.get_run(handler.run_id).data.metrics
     assert any(k.startswith("system/cpu") for k in metrics), sorted(metrics)
     assert handler._monitor is None  # stopped with the run
+
+
+def test_resolved_params_are_not_reported_as_changed_by_their_json_spelling(
+    tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fresh run logs `params` (resolved: False, None, [96, 96]) and the config (JSON: false, null, [96,96]):
+    one value per key, and no "already logged with another value" on a run that changed nothing."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = run_dir / "config.json"
+    config.write_text(json.dumps({"amp": False, "dataset_dir": None, "roi_size": [96, 96], "lr": 0.001}))
+    params = {"amp": False, "dataset_dir": None, "roi_size": [96, 96]}
+    with caplog.at_level(logging.INFO, logger="monai_cnf"):
+        handler = _train(store, run_dir, max_epochs=1, config_file=config, params=params)
+    assert not [r for r in caplog.records if "already logged" in r.getMessage()], caplog.text
+    logged = mlflow.MlflowClient(store).get_run(handler.run_id).data.params
+    assert logged["amp"] == "False" and logged["lr"] == "0.001" and "roi_size" in logged

@@ -74,6 +74,20 @@ def test_sliding_window_matches_whole_image_and_bounds_windows() -> None:
     assert torch.equal(win["samples"], whole["samples"])
 
 
+@pytest.mark.parametrize("roi", [None, (8, 8)])
+def test_progress_reports_the_fraction_of_samples_drawn(roi) -> None:
+    """``progress`` sees each chunk (and each window batch) of one image: increasing, ending at 1."""
+    seen: list[float] = []
+    inferer = SampleInferer(num_samples=10, chunk_size=3, roi_size=roi, overlap=0.5, progress=seen.append)
+    inferer(torch.rand(1, 1, 16, 12) + 0.5, _Counter())
+    chunks = 4  # 10 samples, 3 per chunk
+    windows = 1 if roi is None else len(window_tiles((16, 12), roi, 0.5))
+    assert len(seen) == chunks * windows
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0) and seen[0] > 0
+    inferer(torch.rand(1, 1, 16, 12), _Counter())  # a second image starts again from 0
+    assert seen[len(seen) // 2] < 1.0
+
+
 def test_window_tiles_partition_the_image_inside_their_windows() -> None:
     for spatial, roi, overlap in [
         ((168, 168), (96, 96), 0.25),
@@ -334,3 +348,27 @@ def test_sr_bits_per_dim_on_the_divisible_region_and_on_random_crops() -> None:
     assert a.state.metrics["bpd_crops"] == b.state.metrics["bpd_crops"]  # a fixed seed: the same crops
     with pytest.raises(ValueError, match="multiple of the scale"):
         _sr_evaluator(net, x8, y8, bpd_crops_per_image=1, bpd_crop_size=(3, 4))
+
+
+@pytest.mark.parametrize("kind", ["cnf", "factored"])
+def test_the_condition_runs_once_for_all_chunks_of_one_call(kind: str) -> None:
+    """N samples drawn in chunks run the conditioner once (issue 11): the inferer uses ``sample_chunks``."""
+    from monai_cnf.networks import ConditionalNormalizingFlow, FactoredBaseline
+
+    torch.manual_seed(0)
+    common = {"spatial_dims": 2, "in_channels": 3, "out_channels": 1, "num_levels": 2, "conditioner": "vgg"}
+    if kind == "cnf":
+        net = ConditionalNormalizingFlow(**common, num_steps=1, hidden_channels=4, dequantization="binary")
+    else:
+        net = FactoredBaseline(**common, likelihood="bernoulli")
+    net.eval()
+    calls = []
+    net.conditioner.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.rand(1, 3, 8, 8)
+    gen = torch.Generator().manual_seed(3)
+    # exact_mean=False: the factored model's closed-form moments would be one more (documented) head pass
+    out = SampleInferer(num_samples=7, chunk_size=2, return_samples=True, generator=gen, exact_mean=False)(x, net)
+    assert len(calls) == 1 and out["samples"].shape == (7, 1, 1, 8, 8)
+    if kind == "cnf":  # the same samples as one call of sample(): chunking changes nothing
+        again = net.sample(x, num_samples=7, temperature=1.0, generator=torch.Generator().manual_seed(3))
+        assert torch.equal(out["samples"], again)
