@@ -87,15 +87,16 @@ class To2DLabeld(MapTransform):
     written as a 3rd dimension and ``Restored`` resizes ``(H, W)`` to ``(W, H)``.
     """
 
-    def __init__(self, keys: Any, image_path_key: str = "image_path") -> None:
+    def __init__(self, keys: Any, raster_row_major: bool = True, image_path_key: str = "image_path") -> None:
         super().__init__(keys)
+        self.raster_row_major = raster_row_major
         self.image_path_key = image_path_key
 
     def _row_major(self, d: dict[str, Any]) -> bool:
         path = d.get(self.image_path_key)
         if path is None:  # MONAI Label sets image_path; else the loaded image's file name
             path = getattr(d.get("image"), "meta", {}).get("filename_or_obj", "")
-        return is_row_major(str(path)) if path else True
+        return self.raster_row_major and (is_row_major(str(path)) if path else True)
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         d = dict(data)
@@ -127,9 +128,21 @@ class CNFBundleInferTask(BundleInferTask):
         post = list(super().post_transforms(data))
         if self.dimension != 2:
             return post
-        fix = To2DLabeld(self.key_pred)
+        fix = To2DLabeld(self.key_pred, raster_row_major=_raster_row_major(self.bundle_config))
         # before MONAI Label's Restored (appended last by BundleInferTask)
         return [*post[:-1], fix, post[-1]] if self.add_post_restore and post else [*post, fix]
+
+
+def _raster_row_major(config: Any) -> bool:
+    """Whether the bundle's ``LoadImaged`` reads PNG/TIFF rows first: its reader is
+    ``monai_cnf.data.image_readers()`` or it sets ``reverse_indexing: false`` (MONAI's default is ``(x, y)``)."""
+    for key in ("preprocessing", "pre_transforms"):
+        section = config.get(key)
+        transforms = section.get("transforms", []) if isinstance(section, dict) else section or []
+        for t in transforms if isinstance(transforms, list) else []:
+            if isinstance(t, dict) and str(t.get("_target_", "")).endswith("LoadImaged"):
+                return "image_readers" in str(t.get("reader", "")) or not bool(t.get("reverse_indexing", True))
+    return False
 
 
 class CNFUncertaintyScoring(ScoringMethod):

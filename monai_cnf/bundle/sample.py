@@ -270,11 +270,9 @@ def _sample_one(
     samples, mean, std = _restore_geometry(parser, preprocessing, data, [samples.flatten(0, 1), mean, std])
     samples = samples.reshape(inferer.num_samples, -1, *samples.shape[1:])
     vr = bundle.io("outputs", "pred").get("value_range") or [0, 1]
-    from monai_cnf.data.readers import is_row_major
-
     loaded_shape = (getattr(x, "meta", {}) or {}).get("spatial_shape", x.shape[1:])
     affine = _output_affine(_affine(x), np.asarray(loaded_shape).tolist(), mean.shape[1:])
-    return write_outputs(output, samples, mean, std, vr, affine, transpose=not is_row_major(image))
+    return write_outputs(output, samples, mean, std, vr, affine, transpose=not _row_major(preprocessing, image))
 
 
 def _use_trained_windows(inferer: Any, config: Path) -> None:
@@ -331,6 +329,27 @@ def _restore_geometry(parser: Any, preprocessing: Any, data: Mapping[str, Any], 
         t = t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
         out.append(t.numpy())
     return out
+
+
+def _row_major(preprocessing: Any, image: Path) -> bool:
+    """Whether the bundle's ``LoadImage(d)`` gives ``image`` in row-major ``(C, H, W)`` order (then the PNGs are
+    written as they are) rather than MONAI's ``(x, y)`` order (then they are transposed).
+
+    NIfTI and DICOM are always read in voxel order. A raster file is read by the first ``PILReader`` the loader
+    tries (MONAI tries its readers last to first): row-major with ``reverse_indexing=False`` (the bundles'
+    :func:`monai_cnf.data.image_readers`), ``(x, y)`` with MONAI's default.
+    """
+    from monai_cnf.data.readers import is_row_major
+
+    if not is_row_major(image):
+        return False
+    for t in getattr(preprocessing, "transforms", ()):
+        loader = getattr(t, "_loader", t)
+        if type(loader).__name__ == "LoadImage":
+            for reader in reversed(getattr(loader, "readers", [])):
+                if type(reader).__name__ == "PILReader":
+                    return not bool(getattr(reader, "reverse_indexing", True))
+    return False
 
 
 def _affine(x: Any) -> np.ndarray:

@@ -3,7 +3,6 @@ readers, and ``cnf sample`` writes NIfTI with the input's affine. Images are mad
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -94,13 +93,20 @@ def test_nifti_loads_in_voxel_order_with_its_affine(tmp_path: Path) -> None:
     np.testing.assert_allclose(x.affine.numpy(), affine, atol=1e-6)
 
 
-def test_no_gpu_codec_noise_when_loading(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_gpu_codec_noise_when_loading(tmp_path: Path) -> None:
+    """A process that loads a DICOM the bundles' way prints nothing about MONAI's GPU DICOM codec (absent here)."""
+    import subprocess
+    import sys
+
     path = write_dicom(tmp_path / "grey.dcm", np.zeros((4, 4), np.uint8))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        _load(path)
-    messages = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
-    assert not [m for m in messages if "nvImageCodec" in m], messages
+    code = (
+        "from monai.transforms import LoadImaged; from monai_cnf.data import image_readers; "
+        "load = LoadImaged('image', reader=image_readers(), image_only=True); "
+        f"print(load({{'image': {str(path)!r}}})['image'].shape)"
+    )
+    out = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "nvImageCodec" not in out.stdout + out.stderr, out.stderr
 
 
 def _sample(bundle: Path, image: Path, out: Path) -> None:
@@ -144,3 +150,16 @@ def test_a_grey_image_for_the_colour_bundle_names_the_channels(tmp_path: Path) -
     result = CliRunner().invoke(app, args, terminal_width=250)
     assert result.exit_code != 0
     assert "has 1 channel(s) but bundle drive_vessel expects 3" in result.stderr
+
+
+def test_png_outputs_follow_the_order_the_bundles_loader_gives() -> None:
+    """``cnf sample`` transposes its PNGs only for images loaded in MONAI's (x, y) order."""
+    from monai.transforms import Compose, LoadImaged
+
+    from monai_cnf.bundle.sample import _row_major
+
+    monai_default = Compose([LoadImaged("image", image_only=True)])  # PILReader(reverse_indexing=True): (x, y)
+    bundles = Compose([LoadImaged("image", reader=image_readers(), image_only=True)])
+    assert not _row_major(monai_default, Path("x.png"))
+    assert _row_major(bundles, Path("x.png")) and _row_major(bundles, Path("x.TIF"))
+    assert not _row_major(bundles, Path("x.nii.gz")) and not _row_major(bundles, Path("x.dcm"))

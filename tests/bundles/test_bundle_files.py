@@ -33,3 +33,14 @@ def test_metadata_holds_versions_results_and_a_data_licence(name: str) -> None:
         assert version.match(v), f"{package}: {v!r} is not a version"
     assert version.match(meta["version"]) and meta["version"] in meta["changelog"]
     assert (bundle / "docs" / "data_license.txt").is_file()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_recorded_results_belong_to_the_shipped_weights(name: str) -> None:
+    """``eval_metrics_weights`` is the digest of the shipped ``models/model.pt``: ``cnf bundle verify`` finds the
+    results current (a recorded value in another format read as stale)."""
+    from monai_cnf.bundle import load_bundle
+    from monai_cnf.bundle.verify import check_results
+
+    check = check_results(load_bundle(BUNDLES / name))
+    assert check.ok, check.detail
