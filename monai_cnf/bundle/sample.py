@@ -219,7 +219,7 @@ def run_sampling(
     result = SampleResult(output, trained.provenance.checkpoint)
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     columns += (TextColumn("{task.fields[name]}"),)
-    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+    with Progress(*columns, console=Console(stderr=True), disable=not progress, transient=True) as bar:
         # one bar for the images of a folder, one for the samples of the image being drawn
         images_task = bar.add_task("images", total=len(images), name="", visible=len(images) > 1)
         samples_task = bar.add_task(f"{n} samples", total=1.0, name="")
