@@ -25,14 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
+from flow_speed import _reset_peak_rss, _rss_bytes, _sync, interleaved  # same timing and RSS method as flow_speed
 
 from monai_cnf.networks import ConditionalNormalizingFlow
 
@@ -70,34 +68,6 @@ def step_fn(model: ConditionalNormalizingFlow, y: torch.Tensor, x: torch.Tensor)
     return step
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median wall time of each function, called in turn (ABAB...) after one warm-up each."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def _rss(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
-
-
 def peak_worker(args: argparse.Namespace) -> int:
     """In a fresh process: the peak memory of one steady-state training step over the resident state."""
     device = torch.device(args.device)
@@ -110,12 +80,11 @@ def peak_worker(args: argparse.Namespace) -> int:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-        base = _rss("VmRSS")
+        _reset_peak_rss()
+        base = _rss_bytes("VmRSS")
     step()
     _sync(device)
-    return (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss("VmHWM")) - base
+    return (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss_bytes("VmHWM")) - base
 
 
 def measure(device: str = "cpu", batch: int = 8, repeats: int = 3, num_samples: int = 8, threads: int | None = None):
@@ -131,7 +100,7 @@ def measure(device: str = "cpu", batch: int = 8, repeats: int = 3, num_samples: 
     models = {v: build(v == "checkpointed", dev).train() for v in ("plain", "checkpointed")}
     y, x = data(batch, dev)
     steps = {v: step_fn(m, y, x) for v, m in models.items()}
-    train = interleaved(steps, repeats, dev)
+    train = {k: v["wall"] for k, v in interleaved(steps, repeats, dev).items()}
 
     model = models["plain"].eval()
     one = x[:1]
@@ -146,7 +115,8 @@ def measure(device: str = "cpu", batch: int = 8, repeats: int = 3, num_samples: 
             pass
 
     with torch.no_grad():
-        sampling = interleaved({"per_chunk": per_chunk, "once": once}, repeats, dev)
+        timed = interleaved({"per_chunk": per_chunk, "once": once}, repeats, dev)
+    sampling = {k: v["wall"] for k, v in timed.items()}
     mib = 2.0**20
     return [
         ("train step peak [MiB]", peaks["plain"] / mib, peaks["checkpointed"] / mib, "<= 0.50x"),

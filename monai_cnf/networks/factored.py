@@ -228,10 +228,7 @@ class FactoredBaseline(ConditionalLikelihoodModel):
         ``chunk_size`` gives one pass (accepted for the protocol).
         """
         self.check_sampling(num_samples, temperature, chunk_size)
-        if temperature == 0:
-            mode = self.forward(x)
-            return mode.unsqueeze(0).expand(int(num_samples), *mode.shape).clone()
-        return self._draw(self.head(x), int(num_samples), temperature, generator)
+        return torch.cat(list(self.sample_chunks(x, num_samples, temperature, generator)), dim=0)  # one pass
 
     @torch.no_grad()
     def sample_chunks(

@@ -59,7 +59,7 @@ def test_checkpointed_conditioner_trains_exactly_as_the_plain_one(kind: str) -> 
 
 
 def test_checkpointing_keeps_fewer_activations_for_backward() -> None:
-    plain, ckpt = _models("cnf", features=(32, 64))  # the conditioner holds most activations, as in the bundles
+    plain, ckpt = _models("cnf", features=(32, 64))  # a toy whose conditioner holds most of the activations
     x = torch.rand(2, 3, 32, 32)
     y = (torch.rand(2, 1, 32, 32) > 0.7).float()
     saved = {}
@@ -69,9 +69,18 @@ def test_checkpointing_keeps_fewer_activations_for_backward() -> None:
     assert saved["checkpointed"] < 0.7 * saved["plain"], saved  # measured: 0.63
 
 
-def test_no_checkpointing_outside_training() -> None:
+def test_checkpointing_only_where_backward_follows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training with gradients checkpoints the conditioner; evaluation and no-grad sampling run it plainly."""
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     _, ckpt = _models("cnf")
-    ckpt.eval()
     x = torch.rand(1, 3, 16, 16)
+    y = (torch.rand(1, 1, 16, 16) > 0.7).float()
+    ckpt.bits_per_dim(y, x).mean().backward()
+    assert len(calls) == 1
+    ckpt.eval()
     with torch.no_grad():
         assert ckpt.sample(x, num_samples=2).shape == (2, 1, 1, 16, 16)
+    ckpt.bits_per_dim(y, x)
+    assert len(calls) == 1
