@@ -130,13 +130,31 @@ def _one_log_style(handler: logging.Handler) -> None:
             lg.setLevel(logging.INFO)  # what MONAI's get_logger sets
 
 
+#: Line width of log records written to a file or pipe (``nohup cnf train ... > train.log``).
+LOG_FILE_WIDTH = 240
+
+
+def _log_width() -> int | None:
+    """Rich's width for the log console: the terminal's own, or :data:`LOG_FILE_WIDTH` when stderr is not a terminal.
+
+    Rich falls back to 80 columns off a terminal, which folds each "Epoch[3] Metrics -- ..." record of a background
+    training over three lines of its log file (and breaks ``grep``). ``COLUMNS`` still wins when set.
+    """
+    import os
+    import sys
+
+    if os.environ.get("COLUMNS") or (sys.stderr is not None and sys.stderr.isatty()):
+        return None
+    return LOG_FILE_WIDTH
+
+
 def setup_logging(verbose: bool) -> None:
     """Rich log lines on stderr: INFO for monai_cnf (e.g. "no dataset_dir: training on synthetic data"),
     WARNING for other libraries; everything at INFO with ``--verbose``."""
     from rich.console import Console
     from rich.logging import RichHandler
 
-    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=verbose)
+    handler = RichHandler(console=Console(stderr=True, width=_log_width()), show_path=False, rich_tracebacks=verbose)
     root = logging.getLogger()
     for h in list(root.handlers):
         if isinstance(h, RichHandler):

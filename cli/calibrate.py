@@ -77,13 +77,9 @@ def calibrate(
     ] = None,
     factored_run_dir: Annotated[
         Path | None,
-        typer.Option(
-            help="The factored baseline's run folder. Default: runs/<bundle>-factored.", rich_help_panel=_RUN
-        ),
+        typer.Option(help="The factored baseline's run folder. Default: runs/<bundle>-factored.", rich_help_panel=_RUN),
     ] = None,
-    num_samples: Annotated[
-        int, typer.Option(help="Samples per image and model.", rich_help_panel=_SAMPLING)
-    ] = 100,
+    num_samples: Annotated[int, typer.Option(help="Samples per image and model.", rich_help_panel=_SAMPLING)] = 100,
     temperature: Annotated[
         float, typer.Option(help="CNF sampling temperature (DRIVE).", rich_help_panel=_SAMPLING)
     ] = 1.0,
