@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import typer
 
+from monai_cnf._quiet import quiet_nvimgcodec
 from monai_cnf.bundle.files import BundleError
 
 __all__ = ["STATE", "CLIError", "error_line", "handle_errors", "setup_logging"]
@@ -122,7 +123,7 @@ def _one_log_style(handler: logging.Handler) -> None:
             continue  # MLflow will not configure it (environment above): it propagates to the root's Rich handler
         lg = logging.getLogger(name)
         for h in list(lg.handlers):
-            if isinstance(h, RichHandler) or type(h) is logging.StreamHandler:
+            if isinstance(h, (RichHandler, FileLogHandler)) or type(h) is logging.StreamHandler:
                 lg.removeHandler(h)
         lg.addHandler(handler)
         lg.propagate = False
@@ -130,39 +131,58 @@ def _one_log_style(handler: logging.Handler) -> None:
             lg.setLevel(logging.INFO)  # what MONAI's get_logger sets
 
 
-#: Line width of log records written to a file or pipe (``nohup cnf train ... > train.log``).
-LOG_FILE_WIDTH = 240
+class FileLogHandler(logging.StreamHandler):
+    """Rich's log style as plain text, one line per record, for a stderr that is a file or pipe.
 
-
-def _log_width() -> int | None:
-    """Rich's width for the log console: the terminal's own, or :data:`LOG_FILE_WIDTH` when stderr is not a terminal.
-
-    Rich falls back to 80 columns off a terminal, which folds each "Epoch[3] Metrics -- ..." record of a background
-    training over three lines of its log file (and breaks ``grep``). ``COLUMNS`` still wins when set.
+    Rich lays a record out as a table as wide as the console: off a terminal that is 80 columns, which folds each
+    "Epoch[3] Metrics -- ..." record of a background training (``nohup cnf train ... > train.log``) over several
+    lines and breaks ``grep``; a wider console pads every line with spaces. Same fields as Rich's, no layout.
+    The stream is looked up at each record, so a redirected ``sys.stderr`` is honoured.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)-8s %(message)s", "%m/%d/%y %H:%M:%S"))
+
+    @property  # type: ignore[override]
+    def stream(self):  # the logging API's attribute
+        import sys
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # set by StreamHandler.__init__; ignored, stderr is used
+        pass
+
+
+def _log_handler(verbose: bool) -> logging.Handler:
+    """Rich's handler on a terminal; :class:`FileLogHandler` when stderr is a file or pipe (``COLUMNS`` unset)."""
     import os
     import sys
 
-    if os.environ.get("COLUMNS") or (sys.stderr is not None and sys.stderr.isatty()):
-        return None
-    return LOG_FILE_WIDTH
+    if not os.environ.get("COLUMNS") and not (sys.stderr is not None and sys.stderr.isatty()):
+        return FileLogHandler()
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    return RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=verbose)
 
 
 def setup_logging(verbose: bool) -> None:
     """Rich log lines on stderr: INFO for monai_cnf (e.g. "no dataset_dir: training on synthetic data"),
     WARNING for other libraries; everything at INFO with ``--verbose``."""
-    from rich.console import Console
     from rich.logging import RichHandler
 
-    handler = RichHandler(console=Console(stderr=True, width=_log_width()), show_path=False, rich_tracebacks=verbose)
+    handler = _log_handler(verbose)
     root = logging.getLogger()
     for h in list(root.handlers):
-        if isinstance(h, RichHandler):
+        if isinstance(h, (RichHandler, FileLogHandler)):
             root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("monai_cnf").setLevel(logging.INFO)
     _one_log_style(handler)
+    quiet_nvimgcodec()  # any bundle's LoadImage, not only one using monai_cnf.data.image_readers
     if not verbose:
         import warnings
 

@@ -234,6 +234,7 @@ def run_sampling(
             result.files.update({prefix + k: v for k, v in written.items()})
             bar.advance(images_task)
         inferer.progress = None
+
     def origin(value: Any) -> str:
         return "given" if value is not None else "bundle"
 

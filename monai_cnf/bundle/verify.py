@@ -200,8 +200,10 @@ def _weights(bundle: Bundle, kind: ModelKind) -> str:
                                settings={"output_dir": tmp})  # fmt: skip
     p = trained.provenance
     n = sum(t.numel() for t in trained.network.parameters())
-    return f"{type(trained.network).__name__} of {' + '.join(f.name for f in p.network_configs)} ({p.preset} preset, "\
+    return (
+        f"{type(trained.network).__name__} of {' + '.join(f.name for f in p.network_configs)} ({p.preset} preset, "
         f"{p.recorded_by}), {n:,} parameters"
+    )
 
 
 def _verify_net_in_out(bundle: Bundle) -> Check:

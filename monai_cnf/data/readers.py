@@ -24,6 +24,8 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from monai_cnf._quiet import quiet_nvimgcodec
+
 __all__ = ["RASTER_SUFFIXES", "image_readers", "is_row_major"]  # and DicomReader, built on first use
 
 #: Files the bundles read with PIL in row-major ``(C, H, W)`` order.
@@ -72,24 +74,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _quiet_nvimgcodec() -> None:
-    """With pydicom installed, every ``LoadImage`` also builds MONAI's GPU DICOM reader (nvImageCodec), which logs
-    a warning and warns twice more when nvImageCodec is absent (every CPU machine), although the file is then read
-    by the plain pydicom reader. Those two messages say nothing about the data, so they are filtered (only them).
-    Neither filter imports MONAI."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin")
-    logger = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
-    if not any(getattr(f, "_monai_cnf", False) for f in logger.filters):
-        quiet = logging.Filter()
-        quiet.filter = lambda record: "nvImageCodec is not available" not in record.getMessage()  # type: ignore[method-assign]
-        quiet._monai_cnf = True  # type: ignore[attr-defined]
-        logger.addFilter(quiet)
-
-
-_quiet_nvimgcodec()  # any LoadImage (MONAI registers its GPU DICOM reader in every one), not only ours
+quiet_nvimgcodec()  # any LoadImage (MONAI registers its GPU DICOM reader in every one), not only ours
 
 
 def image_readers() -> list[Any]:
