@@ -80,6 +80,14 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --run-dir (same MLflow run).", rich_help_panel=Run)
     ] = False,
+    init_weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start a new run from these weights (network only; fresh optimizer and schedule), e.g. the "
+            "bundle's models/model.pt.",
+            rich_help_panel=Run,
+        ),
+    ] = None,
     override: Override = None,
     tracking_uri: TrackingUri = None,
     experiment: Experiment = None,
@@ -122,6 +130,7 @@ def train(
             "model": model,
             "preset": preset,
             "resume": resume,
+            "init_weights": init_weights.absolute() if init_weights is not None else None,
             "override": override,
             "tracking_uri": tracking_uri,
             "experiment": experiment,
@@ -141,6 +150,7 @@ def train(
         model=model.value,
         preset=preset.value,
         resume=resume,
+        init_weights=init_weights,
         overrides=override or [],
         tracking_uri=tracking_uri,
         experiment=experiment,

@@ -83,7 +83,13 @@ def read_weights(checkpoint: Path) -> Mapping[str, Any]:
         raise BundleError(str(err)) from None
 
 
-def load_weights(network: Any, weights: Path | Mapping[str, Any], source: str, name: str = "") -> None:
+def load_weights(
+    network: Any,
+    weights: Path | Mapping[str, Any],
+    source: str,
+    name: str = "",
+    fix: str = "give the `run_dir` they were trained in, or the `preset` that made them",
+) -> None:
     """Load weights into ``network``; a one-line :class:`WeightsMismatchError` when they do not fit.
 
     Args:
@@ -91,6 +97,7 @@ def load_weights(network: Any, weights: Path | Mapping[str, Any], source: str, n
         weights: a ``.pt`` file (plain state_dict or trainer checkpoint) or a state_dict.
         source: what the network was built from, for the message (e.g. ``"inference.json"``).
         name: what the weights are, for the message. Defaults to the file name.
+        fix: what the message tells the user to do.
     """
     state = read_weights(weights) if isinstance(weights, str | Path) else weights
     name = name or str(weights if isinstance(weights, str | Path) else "the weights")
@@ -107,7 +114,7 @@ def load_weights(network: Any, weights: Path | Mapping[str, Any], source: str, n
         raise WeightsMismatchError(
             f"{name} does not fit the {type(network).__name__} of {source}: {len(shapes)} tensor(s) of another "
             f"shape, {len(missing)} missing, {len(unexpected)} unexpected (e.g. {example}); the weights were made by "
-            "another preset or model: give the `run_dir` they were trained in, or the `preset` that made them."
+            f"another preset or model: {fix}."
         )
     network.load_state_dict(state)
 

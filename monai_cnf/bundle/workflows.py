@@ -32,6 +32,7 @@ CONTRACT_KEYS = (
     "experiment_name",
     "run_name",
     "resume",
+    "init_weights",
 )
 
 
@@ -229,6 +230,7 @@ def run_training(
     run_name: str | None = None,
     run_dir: Path | None = None,
     amp: bool = False,
+    init_weights: Path | None = None,
 ) -> RunResult:
     """Train a bundle: ``train.json`` + preset + model overlays, run folder protected, tracked in MLflow.
 
@@ -236,9 +238,10 @@ def run_training(
     (:meth:`RunFolder.next_config`) and the bundle, preset and model (:meth:`RunFolder.write_provenance`).
     In a process started by ``torchrun`` (``cnf train --nproc-per-node N``), the bundle's ``multi_gpu_train.json``
     is merged last; rank 0 alone writes the resolved config (without that overlay, so the run folder evaluates and
-    resumes in one process too), the provenance, checkpoints and MLflow.
+    resumes in one process too), the provenance, checkpoints and MLflow. ``init_weights`` starts a new run from
+    trained weights (network only: fresh optimizer, schedule and epoch count), e.g. the bundle's ``models/model.pt``.
     """
-    from monai_cnf.bundle.loading import resolve_device
+    from monai_cnf.bundle.loading import load_weights, resolve_device
 
     bundle = load_bundle(bundle_path)
     user = parse_overrides(overrides)
@@ -246,6 +249,13 @@ def run_training(
     chosen = Preset(preset).resolve(device)
     if max_epochs is not None and max_epochs < 1:
         raise BundleError(f"`max_epochs` must be >= 1, got {max_epochs}.")
+    if init_weights is not None:
+        if resume:
+            raise BundleError(
+                "`init_weights` starts a new run from weights and `resume` continues a run from its own checkpoint: "
+                "pass one of them."
+            )
+        init_weights = Path(init_weights).absolute()
     run = RunFolder(default_run_dir(bundle.name, model, run_dir))
     check_run_dir(run.root, resume)
     record = bundle.config_files(Workflow.train, chosen, model)
@@ -258,11 +268,21 @@ def run_training(
         extra["max_epochs"] = max_epochs
     if amp:
         extra["amp"] = True
+    if init_weights is not None:
+        extra["init_weights"] = str(init_weights)
     settings = _base_overrides(bundle, run.root, device, uri, experiment, run_name, dataset_dir, extra)
     workflow = make_workflow(bundle, files, settings, user, workflow_type="train")
+    recorded = make_workflow(bundle, record, settings, user, workflow_type="train") if distributed else workflow
+    if init_weights is not None:  # before a run folder or an MLflow run exists
+        load_weights(
+            recorded.parser.get_parsed_content("network_def"),
+            init_weights,
+            source=f"{bundle.name} ({chosen.value} preset, {ModelKind(model).value})",
+            name=f"`init_weights` {init_weights}",
+            fix="choose the `preset` and `model` that made them",
+        )
     config_path = run.root / "config.json"
     if main:
-        recorded = make_workflow(bundle, record, settings, user, workflow_type="train") if distributed else workflow
         config_path = export_config(recorded, run.next_config())
         run.write_provenance(bundle=bundle.name, preset=chosen.value, model=ModelKind(model).value)
     _run_workflow(workflow, run.root, RUN_ID if main else None)

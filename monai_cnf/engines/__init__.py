@@ -4,7 +4,8 @@
 - :class:`SampleInferer`: MONAI ``Inferer`` returning the mean (and std/samples) of N samples, chunked.
 - :class:`FlowEvaluator` and the ignite metrics :class:`BitsPerDim`, :class:`MaxFScoreMetric`, :class:`PSNRY`,
   :class:`SSIMY`.
-- :class:`AtomicCheckpointSaver`, :class:`ResumeCheckpointLoader`: atomic checkpoints and resume.
+- :class:`AtomicCheckpointSaver`, :class:`ResumeCheckpointLoader`: atomic checkpoints and resume;
+  :class:`InitialWeightsLoader`: start a training from trained weights (``init_weights``).
 - :mod:`~monai_cnf.engines.distributed`: ``torchrun``/DDP helpers of the multi-GPU overlays (process group, rank 0,
   :class:`GatheredMetric` for sharded validation); :class:`FlowObjective`, the training pass that DDP wraps.
 - :class:`RichProgressHandler`: a Rich progress bar for ignite engines.
@@ -17,6 +18,7 @@ from monai_cnf.engines.checkpoint import (
     AtomicCheckpointSaver,
     AtomicDiskSaver,
     CorruptCheckpointError,
+    InitialWeightsLoader,
     ResumeCheckpointLoader,
     latest_checkpoint,
     load_checkpoint,
@@ -59,6 +61,7 @@ __all__ = [
     "FlowObjective",
     "FlowTrainer",
     "GatheredMetric",
+    "InitialWeightsLoader",
     "MaxFScoreMetric",
     "ResumeCheckpointLoader",
     "RichProgressHandler",

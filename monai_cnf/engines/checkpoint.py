@@ -40,6 +40,7 @@ __all__ = [
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
     "CorruptCheckpointError",
+    "InitialWeightsLoader",
     "ResumeCheckpointLoader",
     "latest_checkpoint",
     "load_checkpoint",
@@ -330,3 +331,47 @@ class ResumeCheckpointLoader(CheckpointLoader):
         finally:
             self.load_path = original
         self.logger.info(f"loaded {path} (engine at epoch {engine.state.epoch}, iteration {engine.state.iteration})")
+
+
+class InitialWeightsLoader:
+    """Start a training from trained weights: the network only, with a fresh optimizer, schedule and epoch count.
+
+    For fine-tuning (other data) or a warm restart of shipped weights (``models/model.pt``) when the run folder that
+    made them is gone. MONAI's :class:`~monai.handlers.CheckpointLoader` would restore the same tensors; this handler
+    exists for the check first: weights of another preset or model give one
+    :class:`~monai_cnf.bundle.loading.WeightsMismatchError` naming the tensors that do not fit (and a missing or
+    corrupt file one clear error), instead of PyTorch's list of keys. A resumed run restores its own checkpoint
+    instead (``enabled=False``).
+
+    Args:
+        network: the network to initialise (a ``DistributedDataParallel`` wrapper is unwrapped).
+        path: a ``.pt`` file: a plain ``state_dict`` or a trainer checkpoint (``{"network": ...}``).
+        enabled: when False the handler does nothing. Defaults to True.
+
+    Example:
+        >>> import tempfile, torch
+        >>> p = tempfile.mktemp(suffix=".pt"); torch.save(torch.nn.Linear(2, 2).state_dict(), p)
+        >>> net = torch.nn.Linear(2, 2); InitialWeightsLoader(net, p)(None)
+        >>> torch.equal(net.weight, torch.load(p)["weight"])
+        True
+    """
+
+    def __init__(self, network: torch.nn.Module, path: str | os.PathLike | None, enabled: bool = True) -> None:
+        self.network = network
+        self.path = None if path in (None, "") else Path(path)
+        self.enabled = bool(enabled) and self.path is not None
+
+    def attach(self, engine: Engine) -> None:
+        from ignite.engine import Events
+
+        if self.enabled and not engine.has_event_handler(self, Events.STARTED):
+            engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine | None) -> None:
+        if not self.enabled:
+            return
+        from monai_cnf.bundle.loading import load_weights
+
+        network = getattr(self.network, "module", self.network)  # DDP / DataParallel
+        load_weights(network, self.path, source="this training config", name=f"`init_weights` {self.path}")
+        logger.info(f"initialised the network from {self.path} (fresh optimizer and schedule)")
