@@ -17,6 +17,7 @@ from typing import Any
 
 from monai_cnf.bundle.files import BundleError, ModelKind, Workflow, load_bundle
 from monai_cnf.bundle.run_folder import CALIBRATION_RUN_ID, RunFolder
+from monai_cnf.bundle.workflows import restores_tracking_uri
 
 __all__ = ["CalibrateResult", "run_calibration"]
 
@@ -145,6 +146,7 @@ def _write_per_image(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
+@restores_tracking_uri
 def run_calibration(
     bundle_path: Path,
     *,

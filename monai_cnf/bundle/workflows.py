@@ -6,12 +6,13 @@ chooses the config files and overrides, protects what a run folder already holds
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from monai_cnf.bundle.files import Bundle, BundleError, ModelKind, Preset, Workflow, load_bundle
 from monai_cnf.bundle.overrides import check_overrides, parse_overrides
@@ -20,6 +21,8 @@ from monai_cnf.bundle.run_folder import EVAL_RUN_ID, RUN_ID, RunFolder
 __all__ = ["CONTRACT_KEYS", "RunResult", "export_config", "make_workflow", "run_evaluation", "run_training"]
 
 logger = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Top-level keys of train.json / evaluate.json that the CLI sets (bundle_cli_contract.md).
 CONTRACT_KEYS = (
@@ -89,6 +92,8 @@ def export_config(workflow: Any, path: Path) -> Path:
 
 
 def _tracking(tracking_uri: str | None) -> str:
+    """Resolve the store and set ``MLFLOW_TRACKING_URI`` to it for the command that calls this (see
+    :func:`restores_tracking_uri`, which gives the caller its own value back)."""
     from monai_cnf.tracking.utils import resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -98,6 +103,25 @@ def _tracking(tracking_uri: str | None) -> str:
     # MONAI's MLFlowHandler prefers the environment variable over its argument: make both agree.
     os.environ["MLFLOW_TRACKING_URI"] = uri
     return uri
+
+
+def restores_tracking_uri(command: Callable[P, R]) -> Callable[P, R]:
+    """A command that sets ``MLFLOW_TRACKING_URI`` for its run (:func:`_tracking`) leaves the process as it found
+    it: a caller in the same process (a notebook, a test, MONAI Label) keeps its own variable, or none, and a later
+    bundle run with an explicit ``tracking_uri`` is not sent to this command's store."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        before = os.environ.get("MLFLOW_TRACKING_URI")
+        try:
+            return command(*args, **kwargs)
+        finally:
+            if before is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = before
+
+    return wrapper
 
 
 def _base_overrides(
@@ -215,6 +239,7 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         )
 
 
+@restores_tracking_uri
 def run_training(
     bundle_path: Path,
     *,
@@ -319,6 +344,7 @@ def run_training(
     return result
 
 
+@restores_tracking_uri
 def run_evaluation(
     bundle_path: Path,
     *,

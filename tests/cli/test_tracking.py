@@ -258,3 +258,27 @@ def test_resolved_params_are_not_reported_as_changed_by_their_json_spelling(
     assert not [r for r in caplog.records if "already logged" in r.getMessage()], caplog.text
     logged = mlflow.MlflowClient(store).get_run(handler.run_id).data.params
     assert logged["amp"] == "False" and logged["lr"] == "0.001" and "roi_size" in logged
+
+
+@pytest.mark.parametrize("before", [None, "sqlite:///elsewhere.db"])
+def test_commands_leave_mlflow_tracking_uri_as_they_found_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: str | None
+) -> None:
+    """The CLI sets MLFLOW_TRACKING_URI for its run (MONAI's MLFlowHandler prefers it over its argument); an
+    in-process caller must get its own value back, even when the command fails. (Left set, it sent a later test's
+    bundle run, explicit tracking_uri and all, into an mlruns.db in the repository's root.)"""
+    import os
+
+    from monai_cnf.cli.main import app
+    from typer.testing import CliRunner
+
+    monkeypatch.chdir(tmp_path)
+    if before is None:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", before)
+    bundle = Path(__file__).resolve().parents[2] / "bundles" / "drive_vessel"
+    args = ["train", str(bundle), "--preset", "cpu", "--device", "cpu", "--run-dir", str(tmp_path / "run")]
+    result = CliRunner().invoke(app, [*args, "--tracking-uri", f"sqlite:///{tmp_path}/x.db", "-o", "max_epoch=3"])
+    assert result.exit_code == 1 and "max_epochs" in result.output  # refused after the store was chosen
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before
