@@ -7,6 +7,7 @@ chooses the config files and overrides, protects what a run folder already holds
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -295,6 +296,11 @@ def run_training(
         extra["amp"] = True
     if init_weights is not None:
         extra["init_weights"] = str(init_weights)
+    elif resume:  # a resumed run keeps the record of the weights it started from (and its MLflow param)
+        first = run.root / "config.json"
+        started_from = json.loads(first.read_text()).get("init_weights") if first.is_file() else None
+        if started_from is not None:
+            extra["init_weights"] = started_from
     settings = _base_overrides(bundle, run.root, device, uri, experiment, run_name, dataset_dir, extra)
     workflow = make_workflow(bundle, files, settings, user, workflow_type="train")
     recorded = make_workflow(bundle, record, settings, user, workflow_type="train") if distributed else workflow

@@ -7,6 +7,7 @@ from scratch does not), and the new run has its own epoch count and MLflow run. 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,12 @@ def test_init_weights_starts_from_the_weights(tmp_path: Path, store: str) -> Non
     assert again.keys() == trained.keys()
     assert all(torch.equal(again[k], trained[k]) for k in trained)
     assert read_run_id(tmp_path / "again") != read_run_id(tmp_path / "first")  # a new run, not a resume
+    # resumed, the run keeps the record of the weights it started from (the MLflow param stays the same)
+    args = ["train", str(BUNDLE), "--preset", "cpu", "--device", "cpu", "--run-dir", str(tmp_path / "again")]
+    result = CliRunner().invoke(app, [*args, "--resume", "--max-epochs", "2", *TINY, *frozen], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    resumed = json.loads((tmp_path / "again" / "config_resume.json").read_text())
+    assert resumed["init_weights"] == str(weights) and "'init_weights'" not in result.output  # param unchanged
 
     code, out = _train(tmp_path, "scratch", *frozen)  # the control: the same run without --init-weights
     assert code == 0, out
