@@ -116,6 +116,20 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path: Path) -> 
     assert log.stdout.count("Saved checkpoint at epoch: 2") + log.stderr.count("Saved checkpoint at epoch: 2") == 1
 
 
+def test_init_weights_load_on_every_rank(tmp_path: Path) -> None:
+    """``init_weights`` under torchrun (the multi-GPU overlay): with a learning rate of 0 the two-process run ends
+    with exactly the weights of the file. (Every rank loads them: the loader is not a writer, so
+    ``main_process_only`` keeps it on all ranks; DDP broadcasts parameters only when it wraps the network.)"""
+    first, again = tmp_path / "first", tmp_path / "again"
+    _torchrun(1, first, **{"train#batch_size": 2, "max_epochs": 1})
+    start = _weights(first / "models" / "model_final.pt")
+    _torchrun(2, again, **{"train#batch_size": 1, "max_epochs": 1, "learning_rate": 0.0,
+                           "init_weights": str(first / "models" / "model_final.pt")})  # fmt: skip
+    end = _weights(again / "models" / "model_final.pt")
+    assert end.keys() == start.keys()
+    assert all(torch.equal(end[k], start[k]) for k in start if end[k].is_floating_point())
+
+
 def _history(out: Path, key: str) -> list:
     import mlflow
 
