@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from monai_cnf.bundle.files import Bundle, BundleError, ModelKind, Preset, Workflow, load_bundle
 from monai_cnf.bundle.overrides import check_overrides, parse_overrides
-from monai_cnf.bundle.run_folder import EVAL_RUN_ID, RUN_ID, RunFolder
+from monai_cnf.bundle.run_folder import EVAL_RUN_ID, RUN_ID, TRAIN_CONFIG, RunFolder
 
 __all__ = ["CONTRACT_KEYS", "RunResult", "export_config", "make_workflow", "run_evaluation", "run_training"]
 
@@ -297,7 +297,7 @@ def run_training(
     if init_weights is not None:
         extra["init_weights"] = str(init_weights)
     elif resume:  # a resumed run keeps the record of the weights it started from (and its MLflow param)
-        first = run.root / "config.json"
+        first = run.root / TRAIN_CONFIG
         started_from = json.loads(first.read_text()).get("init_weights") if first.is_file() else None
         if started_from is not None:
             extra["init_weights"] = started_from

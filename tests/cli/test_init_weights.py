@@ -7,6 +7,7 @@ from scratch does not), and the new run has its own epoch count and MLflow run. 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -19,15 +20,17 @@ from monai_cnf.tracking import read_run_id
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "drive_vessel"
-# 3 synthetic 32x32 training images (1 held out), a 1-step flow with 8 hidden channels, 2 iterations per epoch
-TINY = [
-    "-o", "synthetic_num_train=3", "-o", "synthetic_num_test=1", "-o", "num_val=1", "-o", "synthetic_size=[32,32]",
-    "-o", "crop_size=[32,32]", "-o", "patch_size=[32,32]", "-o", "patches_per_image=1",
-    "-o", "network_def#num_steps=1", "-o", "network_def#hidden_channels=8",
-    "-o", 'network_def#conditioner_kwargs={"feature_channels":[4,8]}',
-    "-o", "train#epoch_length=2", "-o", "train#batch_size=2", "-o", "num_samples=2", "-o", "warmup_steps=1",
-    "-o", "progress=false", "-o", "log_model=false",
-]  # fmt: skip
+
+
+def _e2e_tiny() -> list[str]:
+    """The end-to-end test's tiny DRIVE overrides (3 synthetic 34 x 33 images, a 1-step flow, 2 steps an epoch)."""
+    spec = importlib.util.spec_from_file_location("cli_e2e", Path(__file__).with_name("test_e2e.py"))
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.TINY
+
+
+TINY = [*_e2e_tiny(), "-o", "log_model=false"]
 
 
 def _train(tmp_path: Path, name: str, *extra: str) -> tuple[int, str]:
