@@ -95,12 +95,10 @@ def export_config(workflow: Any, path: Path) -> Path:
 def _tracking(tracking_uri: str | None) -> str:
     """Resolve the store and set ``MLFLOW_TRACKING_URI`` to it for the command that calls this (see
     :func:`restores_tracking_uri`, which gives the caller its own value back)."""
-    from monai_cnf.tracking.utils import resolve_tracking_uri, sqlite_path
+    from monai_cnf.tracking.utils import prepare_store, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    db = sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
+    prepare_store(uri)
     # MONAI's MLFlowHandler prefers the environment variable over its argument: make both agree.
     os.environ["MLFLOW_TRACKING_URI"] = uri
     return uri

@@ -35,9 +35,9 @@ from monai_cnf.tracking.utils import (
     artifact_location_for,
     flatten_config,
     git_commit,
+    prepare_store,
     read_run_id,
     resolve_tracking_uri,
-    sqlite_path,
     write_run_id,
 )
 
@@ -218,9 +218,7 @@ class CNFMLFlowHandler(MLFlowHandler):
         if grid_items < 1:
             raise ValueError(f"grid_items must be >= 1, got {grid_items}.")
         uri = resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri)
-        db = sqlite_path(uri)
-        if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)  # SQLAlchemy does not create the folder
+        prepare_store(uri)  # folder and tables, one process at a time (several runs may start at once)
         if mode != "train":
             kwargs.setdefault("iteration_log", False)
         super().__init__(

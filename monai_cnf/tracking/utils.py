@@ -31,6 +31,7 @@ __all__ = [
     "default_tracking_uri",
     "flatten_config",
     "git_commit",
+    "prepare_store",
     "read_run_id",
     "resolve_tracking_uri",
     "sqlite_path",
@@ -88,6 +89,46 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     if not tracking_uri.startswith("sqlite:///"):
         return None
     return Path(tracking_uri[len("sqlite:///") :]).absolute()
+
+
+def prepare_store(tracking_uri: str) -> None:
+    """Make a SQLite store ready before a run uses it: its folder, and its tables created by one process at a time.
+
+    MLflow creates and migrates a new SQLite database's tables when a client first opens it, without a lock: two
+    trainings started at once on a fresh store (two ``cnf train`` in the background, a hyper-parameter sweep) race
+    through the migrations and one dies with ``OperationalError: duplicate column name: step`` or ``table ... already
+    exists``. Here the first opening happens under an exclusive ``flock`` on the database's folder (a directory can be
+    locked on Linux and macOS, so no lock file is left beside the store); a second process waits, then finds the
+    tables made. Other stores (an MLflow server) are left alone: the server owns its schema. Without ``fcntl``
+    (Windows) the folder is still made, unlocked.
+
+    Args:
+        tracking_uri: an MLflow tracking URI (``sqlite:///...`` gets prepared).
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> prepare_store(f"sqlite:///{folder}/sub/mlruns.db")
+        >>> (Path(folder) / "sub" / "mlruns.db").is_file()
+        True
+    """
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)  # SQLAlchemy does not create the folder
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    import mlflow
+
+    folder = os.open(db.parent, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+        mlflow.MlflowClient(tracking_uri).search_experiments(max_results=1)  # opening creates/migrates the tables
+    finally:
+        os.close(folder)  # closing the descriptor releases the lock
 
 
 def artifact_location_for(tracking_uri: str) -> str | None:
