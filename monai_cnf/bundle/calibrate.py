@@ -49,8 +49,9 @@ def _log_mlflow(
     import mlflow
     from mlflow.entities import Metric, Param, RunTag
 
-    from monai_cnf.tracking import artifact_location_for
+    from monai_cnf.tracking import artifact_location_for, prepare_store
 
+    prepare_store(uri)  # a new SQLite store is created by one process at a time
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment, artifact_location_for(uri))

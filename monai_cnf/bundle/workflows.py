@@ -95,10 +95,14 @@ def export_config(workflow: Any, path: Path) -> Path:
 def _tracking(tracking_uri: str | None) -> str:
     """Resolve the store and set ``MLFLOW_TRACKING_URI`` to it for the command that calls this (see
     :func:`restores_tracking_uri`, which gives the caller its own value back)."""
-    from monai_cnf.tracking.utils import prepare_store, resolve_tracking_uri
+    from monai_cnf.tracking.utils import resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(tracking_uri)
-    prepare_store(uri)
+    db = sqlite_path(uri)
+    if db is not None:
+        # only the folder: the store itself is opened (monai_cnf.tracking.prepare_store) by the handler or the
+        # calibration run, after the command's checks, so a refused command leaves no database behind
+        db.parent.mkdir(parents=True, exist_ok=True)
     # MONAI's MLFlowHandler prefers the environment variable over its argument: make both agree.
     os.environ["MLFLOW_TRACKING_URI"] = uri
     return uri
