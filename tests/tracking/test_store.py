@@ -46,8 +46,8 @@ def test_processes_starting_together_on_a_fresh_store(tmp_path):
         worker.join(timeout=120)
     outcomes = [results.get(timeout=10) for _ in workers]
     assert outcomes == ["ok"] * PROCESSES, outcomes
-    runs = mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name("race").experiment_id])
-    assert len(runs) == PROCESSES
+    client = mlflow.MlflowClient(uri)
+    assert len(client.search_runs([client.get_experiment_by_name("race").experiment_id])) == PROCESSES
 
 
 def test_prepare_store_leaves_other_stores_alone(tmp_path):
