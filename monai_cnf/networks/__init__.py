@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from monai_cnf.networks import conditioners, flows
 from monai_cnf.networks.cnf import ConditionalNormalizingFlow
-from monai_cnf.networks.conditioners import RRDBConditioner, VGGConditioner
+from monai_cnf.networks.conditioners import RRDBConditioner, UNetConditioner, VGGConditioner
 from monai_cnf.networks.dequantizers import BinaryDequantizer, UniformDequantizer
 from monai_cnf.networks.factored import FactoredBaseline
 
@@ -17,6 +17,7 @@ __all__ = [
     "ConditionalNormalizingFlow",
     "FactoredBaseline",
     "RRDBConditioner",
+    "UNetConditioner",
     "UniformDequantizer",
     "VGGConditioner",
     "conditioners",

@@ -14,6 +14,7 @@ from monai_cnf.networks.base import ConditionalLikelihoodModel, Task
 from monai_cnf.networks.checkpointing import checkpointed
 from monai_cnf.networks.conditioners.rrdb import RRDBConditioner
 from monai_cnf.networks.conditioners.subnets import get_conv_type, zero_init_
+from monai_cnf.networks.conditioners.unet import UNetConditioner
 from monai_cnf.networks.conditioners.vgg import VGGConditioner
 from monai_cnf.networks.dequantizers import (
     BinaryDequantizer,
@@ -40,7 +41,8 @@ def build_conditioner(
     """Build (or adopt) a conditioner and return it with its per-level output channels.
 
     Args:
-        conditioner: ``"vgg"`` (:class:`VGGConditioner`), ``"rrdb"`` (:class:`RRDBConditioner`) or any
+        conditioner: ``"vgg"`` (:class:`VGGConditioner`), ``"unet"`` (:class:`UNetConditioner`, wider context),
+            ``"rrdb"`` (:class:`RRDBConditioner`) or any
             ``nn.Module`` mapping ``x`` to a list of ``num_levels`` feature maps, ``conds[l]`` at the target's
             size / ``2**(l + 1)``.
         spatial_dims: 2 or 3.
@@ -71,16 +73,22 @@ def build_conditioner(
                     "conditioner='rrdb' for super-resolution or pass your own nn.Module."
                 )
             net: nn.Module = VGGConditioner(spatial_dims, in_channels, num_levels, **kwargs)
+        elif conditioner == "unet":
+            if scale != 1:
+                raise ValueError(f"conditioner='unet' works at the target's resolution (scale=1), got scale={scale}.")
+            net = UNetConditioner(spatial_dims, in_channels, num_levels, **kwargs)
         elif conditioner == "rrdb":
             net = RRDBConditioner(spatial_dims, in_channels, num_levels, scale=scale, **kwargs)
         else:
-            raise ValueError(f"`conditioner` must be 'vgg', 'rrdb' or an nn.Module, got {conditioner!r}.")
+            raise ValueError(f"`conditioner` must be 'vgg', 'unet', 'rrdb' or an nn.Module, got {conditioner!r}.")
         return net, list(net.out_channels)  # type: ignore[arg-type]
     if not isinstance(conditioner, nn.Module):
-        raise TypeError(f"`conditioner` must be 'vgg', 'rrdb' or an nn.Module, got {type(conditioner).__name__}.")
+        raise TypeError(
+            f"`conditioner` must be 'vgg', 'unet', 'rrdb' or an nn.Module, got {type(conditioner).__name__}."
+        )
     if conditioner_kwargs:
         raise ValueError(
-            "`conditioner_kwargs` only applies to a named conditioner ('vgg' or 'rrdb'); build the "
+            "`conditioner_kwargs` only applies to a named conditioner ('vgg', 'unet' or 'rrdb'); build the "
             "module with its arguments instead."
         )
     channels = cond_channels if cond_channels is not None else getattr(conditioner, "out_channels", None)
@@ -231,7 +239,7 @@ class ConditionalNormalizingFlow(ConditionalLikelihoodModel):
         num_levels: flow levels L; target sizes must be divisible by ``2**L``. Defaults to 2.
         num_steps: flow steps K per level. Defaults to 8.
         hidden_channels: width of the coupling subnets. Defaults to 64.
-        conditioner: ``"vgg"``, ``"rrdb"`` or an ``nn.Module`` returning one feature map per level
+        conditioner: ``"vgg"``, ``"unet"``, ``"rrdb"`` or an ``nn.Module`` returning one feature map per level
             (``conds[l]`` at the target's size / ``2**(l + 1)``). Defaults to ``"vgg"``.
         coupling: ``"additive"`` (volume preserving, the paper's DRIVE model) or ``"affine"``.
             Defaults to ``"additive"``.

@@ -53,7 +53,7 @@ class FactoredBaseline(ConditionalLikelihoodModel):
         in_channels: channels of ``x``.
         out_channels: channels of ``y``.
         num_levels: levels of the conditioner (as in the CNF it is compared with). Defaults to 2.
-        conditioner: ``"vgg"``, ``"rrdb"`` or an ``nn.Module`` (see
+        conditioner: ``"vgg"``, ``"unet"``, ``"rrdb"`` or an ``nn.Module`` (see
             :class:`~monai_cnf.networks.ConditionalNormalizingFlow`). Defaults to ``"vgg"``.
         likelihood: ``"bernoulli"`` or ``"logistic"``. Defaults to ``"bernoulli"``.
         beta: Eq. 9 weight of the positive class (Bernoulli only); None for the plain Bernoulli. Defaults to None.

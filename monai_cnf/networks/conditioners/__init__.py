@@ -15,6 +15,7 @@ from monai_cnf.networks.conditioners.subnets import (
     get_conv_type,
     zero_init_,
 )
+from monai_cnf.networks.conditioners.unet import UNetConditioner
 from monai_cnf.networks.conditioners.vgg import VGGConditioner
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "RRDBConditioner",
     "ResidualDenseBlock",
     "SubnetFactory",
+    "UNetConditioner",
     "VGGConditioner",
     "conv_subnet_factory",
     "get_conv_type",
