@@ -308,3 +308,39 @@ def test_learning_rate_schedule_keys() -> None:
     assert warm == pytest.approx([1e-5, 1e-3 * (0.01 + 0.99 * 0.5), 1e-3, 1e-3])
     decay = lrs(_files("train.json", "cpu.json"), [200, 1200, 2200, 9999], lr_decay_start=200, lr_decay_steps=2000)
     assert decay == pytest.approx([1e-3, 1e-3 * 0.505, 1e-5, 1e-5])
+
+
+def test_conditioner_key_selects_one_conditioner_for_both_models(tmp_path: Path) -> None:
+    """`conditioner` builds the same conditioning network in the CNF, the factored baseline and inference.json;
+    weights recorded with it in models/provenance.json load through the one loader."""
+    import shutil
+
+    from monai.bundle import ConfigParser
+
+    from monai_cnf.bundle import load_bundle, load_trained
+    from monai_cnf.networks import UNetConditioner, VGGConditioner
+
+    def network(files: list[str], **keys):
+        parser = ConfigParser()
+        parser.read_config(files)
+        parser.update({"bundle_root": str(BUNDLE), **keys})
+        return parser.get_parsed_content("network_def")
+
+    for files in (_files("train.json", "cpu.json"), _files("train.json", "cpu.json", "factored.json")):
+        assert isinstance(network(files).conditioner, VGGConditioner)  # the default: the paper's VGG
+        assert isinstance(network(files, conditioner="unet").conditioner, UNetConditioner)
+    unet = network(_files("train.json", "cpu.json"), conditioner="unet")
+    inference = network(_files("inference.json"), conditioner="unet")
+    assert {k: v.shape for k, v in inference.state_dict().items()} == {k: v.shape for k, v in unet.state_dict().items()}
+
+    bundle = tmp_path / "drive_vessel"
+    shutil.copytree(CONFIGS, bundle / "configs")
+    (bundle / "models").mkdir()
+    torch.save(unet.state_dict(), bundle / "models" / "model.pt")
+    load_bundle(bundle).record_weights(bundle / "models" / "model.pt", "cpu", "cnf", {"conditioner": "unet"})
+    trained = load_trained(bundle)
+    assert isinstance(trained.network.conditioner, UNetConditioner)
+    torch.testing.assert_close(trained.network.state_dict(), unet.state_dict())
+    load_bundle(bundle).record_weights(bundle / "models" / "model.pt", "cpu", "cnf")  # the key forgotten: refused
+    with pytest.raises(Exception, match="does not fit"):
+        load_trained(bundle)
