@@ -178,6 +178,11 @@ def _protocol(workflow: Any) -> dict[str, str]:
     info: dict[str, str] = {}
     if n is not None and t is not None:
         kind = "one sample" if int(n) == 1 else f"mean of {int(n)} samples"
+        # a model with closed-form moments (the factored Bernoulli at t = 1) is scored on its exact mean, not on N draws
+        inferer, network = _parsed(workflow, "validate#inferer"), _parsed(workflow, "network")
+        has_moments = getattr(network, "has_exact_moments", None)
+        if getattr(inferer, "exact_mean", False) and callable(has_moments) and has_moments(float(t)):
+            kind = "exact mean of its samples (closed form)"
         info["prediction scored"] = f"{kind} at temperature {float(t):g}"
     notes = _parsed(workflow, "metric_notes") or {}
     info.update({f"{name} protocol": str(note) for name, note in notes.items()})

@@ -254,6 +254,10 @@ def test_factored_overlay_trains_the_baseline(trained_run: Path, tmp_path: Path)
     trainer = wf.parser.get_parsed_content("train#trainer")
     assert trainer.model_kind == "factored"
     assert type(trainer.network).__name__ == "FactoredBaseline"
+    from monai_cnf.bundle.workflows import _protocol
+
+    # the factored model is scored on its exact soft image sigmoid(l), and the results table says so
+    assert _protocol(wf)["prediction scored"] == "exact mean of its samples (closed form) at temperature 1"
     wf.run()
     wf.finalize()
     metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
