@@ -321,7 +321,7 @@ def test_conditioner_key_selects_one_conditioner_for_both_models(tmp_path: Path)
 
     from monai.bundle import ConfigParser
 
-    from monai_cnf.bundle import load_bundle, load_trained
+    from monai_cnf.bundle import WeightsMismatchError, load_bundle, load_trained
     from monai_cnf.networks import UNetConditioner, VGGConditioner
 
     def network(files: list[str], **keys):
@@ -346,5 +346,5 @@ def test_conditioner_key_selects_one_conditioner_for_both_models(tmp_path: Path)
     assert isinstance(trained.network.conditioner, UNetConditioner)
     torch.testing.assert_close(trained.network.state_dict(), unet.state_dict())
     load_bundle(bundle).record_weights(bundle / "models" / "model.pt", "cpu", "cnf")  # the key forgotten: refused
-    with pytest.raises(Exception, match="does not fit"):
+    with pytest.raises(WeightsMismatchError, match="does not fit"):
         load_trained(bundle)
