@@ -99,7 +99,20 @@ def test_monai_tracking_switch_gives_one_run_each_metric_once_per_step(trained_r
     params = runs[0].data.params
     assert params["learning_rate"] == "0.001" and params["batch_size"] == "2" and params["hidden_channels"] == "8"
     assert params["learned_shift"] == "True" and params["patch_size"] == "[16, 16]"
+    # the size of the trained network, to compare runs (and the CNF with its baseline) in the MLflow UI
+    assert params["num_parameters"] == str(sum(p.numel() for p in _tiny_cnf().parameters()))
     assert not [k for k, v in params.items() if v.startswith(("$", "@"))]
+
+
+def _tiny_cnf() -> torch.nn.Module:
+    """The CNF that the TINY settings build."""
+    from monai_cnf.networks import ConditionalNormalizingFlow
+
+    return ConditionalNormalizingFlow(
+        2, 3, 3, num_levels=2, num_steps=1, hidden_channels=8, conditioner="rrdb", coupling="affine",
+        dequantization="uniform", scale=2, residual=True, learned_shift=True,
+        conditioner_kwargs={"num_blocks": 1, "growth_channels": 4, "feature_channels": 8},
+    )  # fmt: skip
 
 
 def test_train_checkpoints(trained_run: Path) -> None:
@@ -109,14 +122,7 @@ def test_train_checkpoints(trained_run: Path) -> None:
     ]
     state = torch.load(trained_run / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)
     assert state["trainer"]["iteration"] == 4
-    from monai_cnf.networks import ConditionalNormalizingFlow
-
-    net = ConditionalNormalizingFlow(
-        2, 3, 3, num_levels=2, num_steps=1, hidden_channels=8, conditioner="rrdb", coupling="affine",
-        dequantization="uniform", scale=2, residual=True, learned_shift=True,
-        conditioner_kwargs={"num_blocks": 1, "growth_channels": 4, "feature_channels": 8},
-    )  # fmt: skip
-    net.load_state_dict(torch.load(trained_run / "models" / "model.pt", weights_only=True))
+    _tiny_cnf().load_state_dict(torch.load(trained_run / "models" / "model.pt", weights_only=True))
 
 
 def test_evaluate_on_a_folder(trained_run: Path, hr_folder: Path) -> None:

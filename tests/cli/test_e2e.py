@@ -127,6 +127,10 @@ def test_train_kill_resume_sample_evaluate(tmp_path: Path, monkeypatch: pytest.M
     if head.returncode == 0:  # a git checkout: the run records the code's commit
         assert run.data.tags["mlflow.source.git.commit"] == head.stdout.strip()
     assert run.data.params["network_def::hidden_channels"] == "8"
+    from monai_cnf.bundle.loading import load_trained
+
+    trained = load_trained(BUNDLE, run_dir=run_dir, workflow="evaluate").network  # the network the run trained
+    assert run.data.params["num_parameters"] == str(sum(p.numel() for p in trained.parameters()))
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"checkpoints", "models", "config.json", "samples"} <= artifacts, artifacts
     assert f"checkpoints/checkpoint_epoch={last + 1}.pt" in {
