@@ -2,7 +2,9 @@
 
 Copies the run's best weights (``<run>/models/model.pt``, chosen on the validation split) over the bundle's file
 for the run's model kind, updates that file's sha256 in ``large_files.yml`` and its entry in
-``models/provenance.json`` (preset and model from the run's ``provenance.json``), and prints the digest that
+``models/provenance.json`` (preset and model from the run's ``provenance.json``, and the config keys the run's network
+was built with where they differ from that preset's, e.g. ``conditioner=unet``, so that the bundle builds the same
+network for these weights), and prints the digest that
 ``metadata.json`` ``eval_metrics_weights`` must hold once the results of these weights are recorded
 (``cnf bundle verify`` warns until then).
 
@@ -14,12 +16,80 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
-from monai_cnf.bundle.files import ModelKind, load_bundle
+from monai_cnf.bundle.files import Bundle, ModelKind, load_bundle
 from monai_cnf.bundle.run_folder import RunFolder
+
+_REFERENCE = re.compile(r"@([A-Za-z_][\w#]*)")
+# settings of how the network runs, not of what it is: the bundle's own value stays
+_RUNTIME_KEYS = {"use_checkpoint", "device", "torch_device"}
+
+
+_MISSING = object()
+
+
+def _lookup(config: Any, key: str) -> Any:
+    """``config[key]`` for a ``#``-separated key (list items by index), else ``_MISSING``."""
+    for part in key.split("#"):
+        if isinstance(config, dict) and part in config:
+            config = config[part]
+        elif isinstance(config, list) and part.isdigit() and int(part) < len(config):
+            config = config[int(part)]
+        else:
+            return _MISSING
+    return config
+
+
+def network_overrides(trained: dict[str, Any], preset: dict[str, Any], key: str = "network_def") -> dict[str, Any]:
+    """The config keys that ``key`` (the network) depends on whose value in ``trained`` differs from ``preset``.
+
+    Both are raw (unresolved) MONAI configs. References (``@name``, also inside ``$`` expressions) are followed, so a
+    run started with ``-o conditioner=unet`` gives ``{"conditioner": "unet"}``; a leaf of the network's own
+    definition that was overridden (``network_def#hidden_channels``) is given by its ``#`` path.
+
+    Example:
+        >>> preset = {"width": 8, "network_def": {"_target_": "Net", "width": "@width", "depth": 2}}
+        >>> network_overrides({**preset, "width": 16}, preset)
+        {'width': 16}
+    """
+    found: dict[str, Any] = {}
+    seen: set[str] = set()
+
+    def visit(path: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                visit(f"{path}#{k}", v)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                visit(f"{path}#{i}", v)
+        elif isinstance(value, str) and value.startswith(("@", "$")) and value == _lookup(preset, path):
+            for name in _REFERENCE.findall(value):
+                if name not in seen and name.split("#")[0] not in _RUNTIME_KEYS:
+                    seen.add(name)
+                    target = _lookup(trained, name)
+                    if target is not _MISSING and target != _lookup(preset, name):
+                        found[name] = target
+                    elif target is not _MISSING:
+                        visit(name, target)
+        elif value != _lookup(preset, path) and path.split("#")[-1] not in _RUNTIME_KEYS:
+            found[path] = value
+
+    visit(key, _lookup(trained, key))
+    return found
+
+
+def _preset_config(bundle: Bundle, preset: str, model: str) -> dict[str, Any]:
+    """The bundle's training config for ``preset`` and ``model``, merged the way MONAI merges it."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in bundle.config_files("train", preset, model)])
+    return parser.get()
 
 
 def ship(run_dir: Path, bundle_dir: Path, final: bool = False) -> Path:
@@ -46,8 +116,16 @@ def ship(run_dir: Path, bundle_dir: Path, final: bool = False) -> Path:
         raise SystemExit(f"{listing} has no entry for {rel}")
     listing.write_text(entry.sub(rf"\g<1>{digest}\g<2>", text))
 
-    bundle.record_weights(target, made["preset"], made["model"])
+    trained = run.trained_config()
+    overrides = {}
+    if trained is not None:  # a run folder without its config: the preset's network, as before
+        overrides = network_overrides(
+            json.loads(trained.read_text()), _preset_config(bundle, made["preset"], made["model"])
+        )
+    bundle.record_weights(target, made["preset"], made["model"], overrides)
     print(f"{source} -> {target}\nsha256 {digest}\neval_metrics_weights (CNF): {digest[:12]}")
+    if overrides:
+        print(f"recorded with the run's network settings: {overrides}")
     return target
 
 

@@ -63,3 +63,30 @@ def test_ship_weights_needs_a_run_with_weights(tmp_path: Path) -> None:
     (run / "models" / "model.pt").unlink()
     with pytest.raises(SystemExit, match="does not exist"):
         _script().ship(run, bundle_dir)
+
+
+def test_ship_weights_records_the_network_settings_of_the_run(tmp_path: Path) -> None:
+    """A run trained with `-o conditioner=unet` ships weights that the bundle then builds and loads as a U-Net."""
+    from monai.bundle import ConfigParser
+
+    from monai_cnf.bundle.loading import load_trained
+    from monai_cnf.networks import UNetConditioner
+
+    bundle_dir = _bundle(tmp_path)
+    bundle = load_bundle(bundle_dir)
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in bundle.config_files("train", "cpu", "cnf")])
+    parser.update({"conditioner": "unet", "patch_size": [96, 96], "use_checkpoint": True})  # one network setting
+    run = tmp_path / "run_unet"
+    (run / "models").mkdir(parents=True)
+    (run / "provenance.json").write_text(json.dumps({"bundle": "drive_vessel", "preset": "cpu", "model": "cnf"}))
+    (run / "config.json").write_text(json.dumps(parser.get()))
+    network = parser.get_parsed_content("network_def", instantiate=True)
+    torch.save(network.state_dict(), run / "models" / "model.pt")
+
+    shipped = _script().ship(run, bundle_dir)
+    assert bundle.weights_provenance(shipped) == {"preset": "cpu", "model": "cnf", "overrides": {"conditioner": "unet"}}
+    loaded = load_trained(bundle_dir).network  # inference.json, from models/provenance.json
+    assert isinstance(loaded.conditioner, UNetConditioner)
+    for name, value in network.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
