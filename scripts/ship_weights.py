@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from monai_cnf.bundle.files import Bundle, ModelKind, load_bundle
+from monai_cnf.bundle.loading import make_parser
 from monai_cnf.bundle.run_folder import RunFolder
 
 _REFERENCE = re.compile(r"@([A-Za-z_][\w#]*)")
 # settings of how the network runs, not of what it is: the bundle's own value stays
 _RUNTIME_KEYS = {"use_checkpoint", "device", "torch_device"}
-
-
 _MISSING = object()
 
 
@@ -85,11 +84,7 @@ def network_overrides(trained: dict[str, Any], preset: dict[str, Any], key: str 
 
 def _preset_config(bundle: Bundle, preset: str, model: str) -> dict[str, Any]:
     """The bundle's training config for ``preset`` and ``model``, merged the way MONAI merges it."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in bundle.config_files("train", preset, model)])
-    return parser.get()
+    return make_parser(bundle, bundle.config_files("train", preset, model)).get()
 
 
 def ship(run_dir: Path, bundle_dir: Path, final: bool = False) -> Path:
