@@ -29,6 +29,8 @@ from monai_cnf.bundle.run_folder import RunFolder
 _REFERENCE = re.compile(r"@([A-Za-z_][\w#]*)")
 # settings of how the network runs, not of what it is: the bundle's own value stays
 _RUNTIME_KEYS = {"use_checkpoint", "device", "torch_device"}
+# settings outside the network that change what it sees (the input preprocessing): weights trained with them need them
+_INPUT_KEYS = ("equalize_contrast",)
 _MISSING = object()
 
 
@@ -114,9 +116,13 @@ def ship(run_dir: Path, bundle_dir: Path, final: bool = False) -> Path:
     trained = run.trained_config()
     overrides = {}
     if trained is not None:  # a run folder without its config: the preset's network, as before
-        overrides = network_overrides(
-            json.loads(trained.read_text()), _preset_config(bundle, made["preset"], made["model"])
-        )
+        trained_config = json.loads(trained.read_text())
+        preset_config = _preset_config(bundle, made["preset"], made["model"])
+        overrides = network_overrides(trained_config, preset_config)
+        for name in _INPUT_KEYS:
+            value = _lookup(trained_config, name)
+            if value is not _MISSING and value != _lookup(preset_config, name):
+                overrides[name] = value
     bundle.record_weights(target, made["preset"], made["model"], overrides)
     print(f"{source} -> {target}\nsha256 {digest}\neval_metrics_weights (CNF): {digest[:12]}")
     if overrides:

@@ -29,6 +29,7 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import monai.bundle
@@ -221,9 +222,12 @@ class CNFBundleTrainTask(BundleTrainTask):
         overrides.update(self.preset["overrides"])
         # datastore items carry no FOV mask: let the validation loaders skip it (the F-score then uses all pixels);
         # the bundle's train.json does this itself since 0.2.0, kept here for older bundle copies
+        # (bundles from 0.7.0 on also pass their contrast equalisation, the preprocessing the weights were trained with)
+        equalize = any('"equalize_contrast"' in Path(f).read_text() for f in self.preset["train"])
         overrides["validate#preprocessing#transforms"] = (
-            "$monai_cnf.data.drive_load_transforms(['image', 'label', 'mask'], allow_missing_keys=True)"
-            " + [@pad_transform, monai.transforms.EnsureTyped(keys=['image', 'label', 'mask'], track_meta=False,"
+            "$monai_cnf.data.drive_load_transforms(['image', 'label', 'mask'], allow_missing_keys=True"
+            + (", equalize_contrast=@equalize_contrast)" if equalize else ")")
+            + " + [@pad_transform, monai.transforms.EnsureTyped(keys=['image', 'label', 'mask'], track_meta=False,"
             " allow_missing_keys=True)]"
         )
         return overrides

@@ -148,6 +148,15 @@ def _write_per_image(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 
 
 @restores_tracking_uri
+def _input_transform(parser: Any) -> Any:
+    """The whole-image preprocessing a model was trained with beyond loading (``equalize_contrast``: CLAHE), or None."""
+    if "equalize_contrast" in parser and parser.get_parsed_content("equalize_contrast"):
+        from monai_cnf.transforms import AdaptiveHistogramEqualize
+
+        return AdaptiveHistogramEqualize()
+    return None
+
+
 def run_calibration(
     bundle_path: Path,
     *,
@@ -242,6 +251,7 @@ def run_calibration(
                 datalist, models, output, num_samples, temperature, chunk_size, pad, device, seed, bar,
                 roi_size={name: w["roi_size"] for name, w in window.items()},
                 overlap=window["cnf"]["overlap"], sw_batch_size=window["cnf"]["sw_batch_size"],
+                input_transforms={name: _input_transform(wf.parser) for name, wf in loaded.items()},
             )  # fmt: skip
             n_images = len(datalist)
         else:

@@ -201,6 +201,11 @@ def _load_segmentation_item(item: Mapping[str, Any]) -> dict[str, Any]:
     return {k: item[k] if isinstance(item[k], MetaTensor) else MetaTensor(torch.as_tensor(item[k])) for k in keys}
 
 
+def _as_batch(image: Any, device: torch.device) -> torch.Tensor:
+    """A padded ``(C, *spatial)`` image (MetaTensor or tensor) -> a plain float ``(1, C, *spatial)`` on ``device``."""
+    return (image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image))[None].float().to(device)
+
+
 def _item_name(item: Mapping[str, Any], index: int) -> str:
     if isinstance(item.get("image"), (str, Path)):
         stem = Path(item["image"]).name
@@ -246,6 +251,7 @@ def segmentation_cases(
     roi_size: Sequence[int] | Mapping[str, Sequence[int] | None] | None = None,
     overlap: float = 0.25,
     sw_batch_size: int = 1,
+    input_transforms: Mapping[str, Callable[[Any], Any] | None] | None = None,
 ) -> Iterator[SegmentationCase]:
     """Yield one :class:`~monai_cnf.calibration.SegmentationCase` per datalist item, sampling lazily.
 
@@ -272,6 +278,9 @@ def segmentation_cases(
             left out: whole images); None uses whole images. Defaults to None.
         overlap: sliding-window overlap. Defaults to 0.25.
         sw_batch_size: windows per batch. Defaults to 1.
+        input_transforms: model name -> a transform of the loaded whole image (``(3, H, W)`` in [0, 1]) applied
+            before padding, for a model trained on preprocessed images (``equalize_contrast``: CLAHE); a name left
+            out sees the image as loaded. Defaults to None.
 
     Yields:
         :class:`~monai_cnf.calibration.SegmentationCase` with ``samples``, ``prob_maps`` (factored) and
@@ -294,11 +303,7 @@ def segmentation_cases(
         data = _load_segmentation_item(item)
         padded = pad({k: data[k] for k in ("image", "label", "mask") if k in data})
         image = padded["image"]
-        x = (
-            image.as_tensor()[None].float().to(device)
-            if hasattr(image, "as_tensor")
-            else image[None].float().to(device)
-        )
+        x_loaded = _as_batch(image, device)
         y = torch.as_tensor(padded["label"])[None].float().to(device)
         fov = torch.as_tensor(padded["mask"])[None].float().to(device) if "mask" in padded else None
         samples: dict[str, np.ndarray] = {}
@@ -313,6 +318,10 @@ def segmentation_cases(
 
         for name, net in models.items():
             roi = roi_size.get(name) if isinstance(roi_size, Mapping) else roi_size
+            x = x_loaded
+            transform = (input_transforms or {}).get(name)
+            if transform is not None:
+                x = _as_batch(pad({"image": transform(data["image"])})["image"], device)
             with torch.no_grad():
                 # bits per real pixel: inside the (zero-padded) FOV mask, see monai_cnf.metrics.bits_per_dim
                 bpd[name] = float(net.bits_per_dim(y, x, mask=fov)[0])
@@ -358,6 +367,7 @@ def calibrate_segmentation(
     roi_size: Sequence[int] | Mapping[str, Sequence[int] | None] | None = None,
     overlap: float = 0.25,
     sw_batch_size: int = 1,
+    input_transforms: Mapping[str, Callable[[Any], Any] | None] | None = None,
     **analysis_kwargs: Any,
 ) -> CalibrationReport:
     """Sample every model on every image and run :func:`~monai_cnf.calibration.analyse_segmentation`.
@@ -379,7 +389,7 @@ def calibrate_segmentation(
     """
     cases = segmentation_cases(
         datalist, models, num_samples, temperature, chunk_size, pad, device, seed, progress,
-        roi_size=roi_size, overlap=overlap, sw_batch_size=sw_batch_size,
+        roi_size=roi_size, overlap=overlap, sw_batch_size=sw_batch_size, input_transforms=input_transforms,
     )  # fmt: skip
     return analyse_segmentation(cases, out_dir, **analysis_kwargs)
 

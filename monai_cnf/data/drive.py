@@ -147,6 +147,7 @@ def drive_load_transforms(
     keys: Sequence[str] = ("image", "label", "mask"),
     image_key: str = "image",
     allow_missing_keys: bool = False,
+    equalize_contrast: bool = False,
 ) -> list[Any]:
     """MONAI transforms that load a DRIVE datalist item: image in [0, 1] ``(3, H, W)``, binary annotations.
 
@@ -155,9 +156,13 @@ def drive_load_transforms(
             test split's 2nd observer. Defaults to ``("image", "label", "mask")``.
         image_key: the RGB image key (scaled from 0..255 to [0, 1]). Defaults to "image".
         allow_missing_keys: don't raise for keys absent from an item. Defaults to False.
+        equalize_contrast: add CLAHE per channel of the whole image
+            (:class:`~monai_cnf.transforms.AdaptiveHistogramEqualized`, clip limit 0.01) after the scaling, before
+            any crop a caller appends (the bundles' ``equalize_contrast`` key). Defaults to False.
 
     Returns:
-        ``[LoadImaged, ScaleIntensityRanged, BinarizeLabeld]`` (see the module docstring for the JSON).
+        ``[LoadImaged, ScaleIntensityRanged, BinarizeLabeld]`` (see the module docstring for the JSON), then
+        ``AdaptiveHistogramEqualized`` when ``equalize_contrast``.
 
     Example:
         >>> [type(t).__name__ for t in drive_load_transforms()]
@@ -186,4 +191,8 @@ def drive_load_transforms(
     ]
     if binary:
         out.append(BinarizeLabeld(binary, threshold=0.0, allow_missing_keys=allow_missing_keys))
+    if equalize_contrast:
+        from monai_cnf.transforms import AdaptiveHistogramEqualized
+
+        out.append(AdaptiveHistogramEqualized(image_key, allow_missing_keys=allow_missing_keys))
     return out

@@ -9,11 +9,14 @@
 - :class:`DivisibleCrop` / :class:`DivisibleCropd`: "modcrop" to a multiple of the SR scale.
 - :class:`ToRGB` / :class:`ToRGBd`: greyscale -> 3 channels.
 - :class:`BicubicDownsample` / :class:`BicubicDownsampled`: MATLAB ``imresize`` bicubic with antialiasing.
+- :class:`AdaptiveHistogramEqualize` / :class:`AdaptiveHistogramEqualized`: CLAHE per channel (scikit-image), for
+  the whole image before any crop.
 """
 
 from __future__ import annotations
 
 from monai_cnf.transforms.array import (
+    AdaptiveHistogramEqualize,
     BicubicDownsample,
     BinarizeLabel,
     DivisibleCrop,
@@ -24,6 +27,9 @@ from monai_cnf.transforms.array import (
 )
 from monai_cnf.transforms.bicubic import bicubic_resize, cubic_kernel, imresize_weights
 from monai_cnf.transforms.dictionary import (
+    AdaptiveHistogramEqualizeD,
+    AdaptiveHistogramEqualized,
+    AdaptiveHistogramEqualizeDict,
     BicubicDownsampleD,
     BicubicDownsampled,
     BicubicDownsampleDict,
@@ -45,6 +51,10 @@ from monai_cnf.transforms.dictionary import (
 )
 
 __all__ = [
+    "AdaptiveHistogramEqualize",
+    "AdaptiveHistogramEqualizeD",
+    "AdaptiveHistogramEqualizeDict",
+    "AdaptiveHistogramEqualized",
     "BicubicDownsample",
     "BicubicDownsampleD",
     "BicubicDownsampleDict",

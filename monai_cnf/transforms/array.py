@@ -24,6 +24,7 @@ from monai.utils import GridSampleMode, Method, PytorchPadMode, TransformBackend
 from monai_cnf.transforms.bicubic import bicubic_resize
 
 __all__ = [
+    "AdaptiveHistogramEqualize",
     "BicubicDownsample",
     "BinarizeLabel",
     "DivisibleCrop",
@@ -366,6 +367,59 @@ class ToRGB(Transform):
         if c in (2, 4):  # grey + alpha, RGB + alpha
             return img[:1].repeat(3, *([1] * (img.ndim - 1))) if c == 2 else img[:3]
         raise ValueError(f"ToRGB expects 1, 2, 3 or 4 channels (channel-first), got shape {tuple(img.shape)}.")
+
+
+class AdaptiveHistogramEqualize(Transform):
+    """Contrast-limited adaptive histogram equalisation (CLAHE) of each channel of an image in ``[0, 1]``.
+
+    MONAI has only the global ``HistogramNormalize``; this wraps scikit-image's ``equalize_adapthist`` (any number
+    of spatial dims), channel by channel so that RGB stays 3 channels (the vessels' contrast is raised in each).
+    Apply it to the **whole** image before any crop: the tiles then are the same at training and inference, so a
+    patch-trained model still sees the input it would see on the whole image.
+
+    Args:
+        clip_limit: scikit-image's contrast limit in ``[0, 1]`` (higher: more contrast). Defaults to 0.01.
+        kernel_size: tile size in pixels (an int or one per spatial dim); ``None`` = 1/8 of each side.
+            Defaults to None.
+        nbins: histogram bins. Defaults to 256.
+
+    Raises:
+        ValueError: when the image is not channel-first with 2 or 3 spatial dims, or holds NaN/inf values.
+
+    Example:
+        >>> img = torch.linspace(0.4, 0.6, 64 * 64).reshape(1, 64, 64)
+        >>> out = AdaptiveHistogramEqualize()(img)
+        >>> out.shape, bool(out.max() - out.min() > img.max() - img.min())
+        (torch.Size([1, 64, 64]), True)
+    """
+
+    backend: ClassVar[list[TransformBackends]] = [TransformBackends.NUMPY]
+
+    def __init__(self, clip_limit: float = 0.01, kernel_size: int | Sequence[int] | None = None, nbins: int = 256):
+        if not 0.0 <= clip_limit <= 1.0:
+            raise ValueError(f"clip_limit must be in [0, 1], got {clip_limit}.")
+        self.clip_limit = clip_limit
+        self.kernel_size = kernel_size
+        self.nbins = nbins
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        from monai.utils import convert_to_dst_type
+        from skimage.exposure import equalize_adapthist
+
+        if img.ndim not in (3, 4):
+            raise ValueError(f"expected a channel-first image (C, H, W[, D]), got shape {tuple(img.shape)}.")
+        arr = np.asarray(img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else img, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ValueError("the image holds NaN or inf values; CLAHE needs a finite image in [0, 1].")
+        out = np.stack(
+            [
+                equalize_adapthist(
+                    np.clip(c, 0.0, 1.0), kernel_size=self.kernel_size, clip_limit=self.clip_limit, nbins=self.nbins
+                )
+                for c in arr
+            ]
+        )
+        return convert_to_dst_type(out, img, dtype=img.dtype)[0]
 
 
 class BicubicDownsample(Transform):

@@ -11,6 +11,7 @@ from monai.transforms import Cropd, MapTransform, Padd, RandAffined
 from monai.utils import GridSampleMode, Method, PytorchPadMode, ensure_tuple
 
 from monai_cnf.transforms.array import (
+    AdaptiveHistogramEqualize,
     BicubicDownsample,
     BinarizeLabel,
     DivisibleCrop,
@@ -21,6 +22,9 @@ from monai_cnf.transforms.array import (
 )
 
 __all__ = [
+    "AdaptiveHistogramEqualizeD",
+    "AdaptiveHistogramEqualizeDict",
+    "AdaptiveHistogramEqualized",
     "BicubicDownsampleD",
     "BicubicDownsampleDict",
     "BicubicDownsampled",
@@ -217,6 +221,32 @@ class ToRGBd(MapTransform):
         return d
 
 
+class AdaptiveHistogramEqualized(MapTransform):
+    """Dictionary version of :class:`~monai_cnf.transforms.AdaptiveHistogramEqualize` (CLAHE per channel).
+
+    Example:
+        >>> img = torch.linspace(0.4, 0.6, 64 * 64).reshape(1, 64, 64)
+        >>> AdaptiveHistogramEqualized("image")({"image": img})["image"].shape
+        torch.Size([1, 64, 64])
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        clip_limit: float = 0.01,
+        kernel_size: int | Sequence[int] | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.equalize = AdaptiveHistogramEqualize(clip_limit=clip_limit, kernel_size=kernel_size)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.equalize(d[key])
+        return d
+
+
 class BicubicDownsampled(MapTransform):
     """Dictionary version of :class:`~monai_cnf.transforms.BicubicDownsample`: writes the LR image to a new key.
 
@@ -269,3 +299,4 @@ PadToSquareD = PadToSquareDict = PadToSquared
 DivisibleCropD = DivisibleCropDict = DivisibleCropd
 ToRGBD = ToRGBDict = ToRGBd
 BicubicDownsampleD = BicubicDownsampleDict = BicubicDownsampled
+AdaptiveHistogramEqualizeD = AdaptiveHistogramEqualizeDict = AdaptiveHistogramEqualized

@@ -348,3 +348,32 @@ def test_conditioner_key_selects_one_conditioner_for_both_models(tmp_path: Path)
     load_bundle(bundle).record_weights(bundle / "models" / "model.pt", "cpu", "cnf")  # the key forgotten: refused
     with pytest.raises(WeightsMismatchError, match="does not fit"):
         load_trained(bundle)
+
+
+def test_equalize_contrast_key_adds_clahe_to_every_whole_image_loader() -> None:
+    """`equalize_contrast` puts CLAHE on the whole image in training (before the random crops), validation and
+    inference.json, for both models; off by default (the shipped weights see the image as loaded)."""
+    from monai.bundle import ConfigParser
+
+    from monai_cnf.transforms import AdaptiveHistogramEqualized
+
+    def names(files: list[str], key: str, **keys) -> list[str]:
+        parser = ConfigParser()
+        parser.read_config(files)
+        parser.update({"bundle_root": str(BUNDLE), **keys})
+        value = parser.get_parsed_content(key)
+        return [type(t).__name__ for t in (value.transforms if hasattr(value, "transforms") else value)]
+
+    clahe = AdaptiveHistogramEqualized.__name__
+    for files in (
+        _files("train.json"),
+        _files("train.json", "cpu.json"),
+        _files("train.json", "cpu.json", "factored.json"),
+    ):
+        for key in ("train#preprocessing_transforms", "validate#preprocessing#transforms"):
+            assert clahe not in names(files, key)
+            on = names(files, key, equalize_contrast=True)
+            assert on.index(clahe) == on.index("BinarizeLabeld") + 1  # right after loading: before crops and pads
+    assert clahe not in names(_files("inference.json"), "preprocessing")
+    on = names(_files("inference.json"), "preprocessing", equalize_contrast=True)
+    assert on.index(clahe) == on.index("ScaleIntensityRanged") + 1

@@ -90,3 +90,28 @@ def test_ship_weights_records_the_network_settings_of_the_run(tmp_path: Path) ->
     assert isinstance(loaded.conditioner, UNetConditioner)
     for name, value in network.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_ship_weights_records_the_input_preprocessing_of_the_run(tmp_path: Path) -> None:
+    """Weights trained on contrast-equalised images (`-o equalize_contrast=true`) are served on such images."""
+    from monai.bundle import ConfigParser
+
+    from monai_cnf.bundle.loading import load_trained
+    from monai_cnf.transforms import AdaptiveHistogramEqualized
+
+    bundle_dir = _bundle(tmp_path)
+    bundle = load_bundle(bundle_dir)
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in bundle.config_files("train", "cpu", "cnf")])
+    parser.update({"equalize_contrast": True})
+    run = tmp_path / "run_clahe"
+    (run / "models").mkdir(parents=True)
+    (run / "provenance.json").write_text(json.dumps({"bundle": "drive_vessel", "preset": "cpu", "model": "cnf"}))
+    (run / "config.json").write_text(json.dumps(parser.get()))
+    torch.save(parser.get_parsed_content("network_def", instantiate=True).state_dict(), run / "models" / "model.pt")
+
+    shipped = _script().ship(run, bundle_dir)
+    assert bundle.weights_provenance(shipped)["overrides"] == {"equalize_contrast": True}
+    served = load_trained(bundle_dir).parser  # inference.json with the recorded settings
+    names = [type(t) for t in served.get_parsed_content("preprocessing").transforms]
+    assert AdaptiveHistogramEqualized in names

@@ -248,3 +248,25 @@ def test_roi_size_per_model() -> None:
     models = {"cnf": _Sizes(), "factored": _SoftSizes()}
     next(segmentation_cases([_item(16, 16, 0)], models, num_samples=2, roi_size={"cnf": (8, 8), "factored": None}))
     assert set(models["cnf"].sizes) == {(8, 8)} and set(models["factored"].sizes) == {(16, 16)}
+
+
+def test_input_transforms_per_model_see_the_whole_image_before_padding() -> None:
+    """A model trained on preprocessed images (equalize_contrast) gets its transform of the whole loaded image, then
+    the same padding; the other model and the case's image stay as loaded."""
+    seen: list[tuple[int, ...]] = []
+
+    def centre(img: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(img.shape))
+        return img - 0.5
+
+    item = _item(13, 10, 0)
+    pad = SpatialPadd(["image", "label", "mask"], spatial_size=(20, 20), method="symmetric", allow_missing_keys=True)
+    models = {"cnf": _Recorder(), "factored": _Soft()}
+    case = next(
+        segmentation_cases([item], models, num_samples=4, temperature=0.0, pad=pad, input_transforms={"cnf": centre})
+    )
+    first = item["image"][0].numpy()
+    assert seen == [(3, 13, 10)]  # the unpadded image
+    np.testing.assert_array_equal(case.samples["cnf"], np.broadcast_to(first > 0.5, (4, *first.shape)))
+    np.testing.assert_allclose(case.prob_maps["factored"], first, rtol=0, atol=1e-7)
+    torch.testing.assert_close(case.image, item["image"].float())
