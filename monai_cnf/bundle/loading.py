@@ -211,9 +211,9 @@ def find_weights(
     if shipped.is_file():
         return shipped, None
     where = f"no checkpoint in {run.root}/models or {run.root}/checkpoints and " if run is not None else ""
-    raise BundleError(
-        f"no {ModelKind(model).value} weights: {where}no {shipped}; train first (cnf train) or give a `checkpoint`."
-    )
+    kind = ModelKind(model).value
+    train = f"cnf train {bundle.root}" + (" --model factored" if kind == "factored" else "")
+    raise BundleError(f"no {kind} weights: {where}no {shipped}; train them first ({train}) or give a checkpoint file.")
 
 
 def load_trained(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -193,11 +194,16 @@ def test_clear_errors(tmp_path: Path, store: tuple[str, mlflow.MlflowClient, str
     line = error(["--cnf-checkpoint", str(missing)])
     assert str(missing) in line and "does not exist" in line and "cnf train" in line
 
-    # an empty factored run folder and no shipped baseline weights: says which folder and `cnf train --model factored`
-    if not (BUNDLE / "models" / "model_factored.pt").is_file():
-        torch.save({}, tmp_path / "cnf.pt")
-        line = error(["--cnf-checkpoint", str(tmp_path / "cnf.pt"), "--factored-run-dir", str(tmp_path / "empty")])
-        assert str(tmp_path / "empty") in line and "--model factored" in line
+    # an empty factored run folder and no shipped baseline weights (a copy of the bundle without them): says which
+    # folder and `cnf train --model factored`
+    bare = tmp_path / "bare_bundle"
+    shutil.copytree(BUNDLE, bare, ignore=shutil.ignore_patterns("model_factored.pt", "figures"))
+    torch.save(_network("cnf").state_dict(), tmp_path / "cnf.pt")
+    args = ["--cnf-checkpoint", str(tmp_path / "cnf.pt"), "--factored-run-dir", str(tmp_path / "empty")]
+    result = CliRunner().invoke(_app(), [base[0], str(bare), *base[2:], *args])
+    assert result.exit_code == 1, result.output
+    line = next(ln for ln in result.stderr.splitlines() if ln.startswith("Error: "))
+    assert str(tmp_path / "empty") in line and "--model factored" in line, line
 
     # wrong layout: a factored training run given as the CNF's run folder
     wrong = tmp_path / "factored_run"

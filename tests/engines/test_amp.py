@@ -65,7 +65,8 @@ def test_autocast_bits_per_dim_matches_float32(kind: str) -> None:
 def test_trainer_amp_step_on_cpu_matches_float32() -> None:
     model, x, y = _trained("drive")
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    losses = {}
+    losses, dtypes = {}, []
+    hook = model.conditioner.register_forward_hook(lambda m, i, out: dtypes.append(out[0].dtype))
     for amp in (False, True):
         model.load_state_dict(state)
         loader = DataLoader([{"image": xi, "label": yi} for xi, yi in zip(x, y, strict=True)], batch_size=2)
@@ -76,7 +77,10 @@ def test_trainer_amp_step_on_cpu_matches_float32() -> None:
         torch.manual_seed(3)  # the same dequantization noise in both runs
         trainer.run()
         losses[amp] = float(trainer.state.output["loss"])
+    hook.remove()
+    assert dtypes == [torch.float32, torch.bfloat16]  # the trainer's step really ran under bf16 autocast
     assert losses[True] == pytest.approx(losses[False], rel=RTOL)
+    assert losses[True] != losses[False]
 
 
 def test_amp_settings_choose_dtype_and_scaler() -> None:

@@ -153,6 +153,8 @@ def test_bad_arguments() -> None:
 
 def test_evaluator_bits_per_dim_and_mean(tiny_flow, tiny_data) -> None:
     tiny_flow.initialized.fill_(True)
+    with torch.no_grad():  # a prediction that depends on the image, so "pred" is checked against something
+        tiny_flow.w.fill_(2.0), tiny_flow.b.fill_(0.5)
     loader = DataLoader(tiny_data[:8], batch_size=4)
     evaluator = FlowEvaluator(
         "cpu",
@@ -166,6 +168,10 @@ def test_evaluator_bits_per_dim_and_mean(tiny_flow, tiny_data) -> None:
     y = torch.stack([d["label"] for d in tiny_data[:8]])
     expected = (-tiny_flow.log_prob(y, x) / (16 * math.log(2.0))).mean().item()
     assert evaluator.state.metrics["val_bpd"] == pytest.approx(expected, rel=1e-5)
+    # the prediction of the last batch is the mean of its 4 samples at temperature 0: the model's mean, 2x + 0.5
+    output = evaluator.state.output
+    pred = torch.stack([o["pred"] for o in output]) if isinstance(output, list) else output["pred"]
+    torch.testing.assert_close(pred.as_subclass(torch.Tensor), 2.0 * x[4:] + 0.5, atol=1e-6, rtol=0)
 
 
 def test_max_f_score_metric_matches_sklearn_inside_mask() -> None:

@@ -72,6 +72,12 @@ def test_weighted_bernoulli_stable_at_large_logits(dtype: torch.dtype) -> None:
     assert float(ll[4]) == pytest.approx(-5.0 - math.log1p(math.exp(-5.0)), rel=1e-6)
     # l=1000, y=0: -100 - log(1 + e^-100)
     assert float(ll[5]) == pytest.approx(-100.0, rel=1e-6)
+    # l=-1000, y=1 (sigmoid underflows in float32): 0.9 * (-1000) - log(e^-900 + 1)
+    assert float(ll[0]) == pytest.approx(-900.0, rel=1e-6)
+    # l=-50, y=0: 0.1 * log(sigmoid(50)) - log(e^-45 + 1), both terms below 1e-19
+    assert float(ll[2]) == pytest.approx(0.0, abs=1e-12)
+    # l=50, y=1: 0.9 * log(sigmoid(50)) - log(1 + e^-5)
+    assert float(ll[3]) == pytest.approx(-math.log1p(math.exp(-5.0)), rel=1e-6)
 
 
 def test_weighted_bernoulli_bad_input() -> None:
@@ -131,6 +137,17 @@ def test_discretized_logistic_extreme_scales_finite(log_s: float) -> None:
     assert torch.isfinite(mu.grad).all() and torch.isfinite(ls.grad).all()
     if log_s < 0:  # a point mass on the right bin: probability 1
         torch.testing.assert_close(ll, torch.zeros(4), atol=1e-4, rtol=0)
+    else:  # a very wide logistic: the float64 CDF differences by hand (edge bins about 1/2, interior 1/(4s))
+        s = math.exp(log_s)
+
+        def cdf(v: float) -> float:
+            return 1.0 / (1.0 + math.exp(-v / s))
+
+        ref = [cdf(0.5 - 0.0), cdf(3.5 - 3.0) - cdf(2.5 - 3.0), cdf(128.5 - 128.4) - cdf(127.5 - 128.4)]
+        ref.append(1.0 - cdf(254.5 - 255.0))
+        torch.testing.assert_close(
+            ll.detach().double(), torch.tensor(ref, dtype=torch.float64).log(), rtol=0, atol=1e-4
+        )
 
 
 def test_discretized_logistic_bad_input() -> None:

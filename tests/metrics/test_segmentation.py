@@ -39,8 +39,15 @@ def test_pr_curve_pooled_inside_mask_matches_brute_force() -> None:
     for p, r, t in zip(precision[:-1], recall[:-1], thresholds, strict=True):
         assert (p, r) == pytest.approx(brute[float(t)])
     assert precision[-1] == 1.0 and recall[-1] == 0.0
-    # mask matters: without it the pooled pixel set differs
-    assert len(pr_curve(probs, labels)[2]) >= len(thresholds)
+    # without the mask every pixel is pooled, and the curve is that of all pixels, not the masked one's
+    p_all, r_all, t_all = pr_curve(probs, labels)
+    brute_all = _brute_pr(
+        np.concatenate([p.ravel() for p in probs]), np.concatenate([lab.ravel() > 0 for lab in labels])
+    )
+    assert len(t_all) == len(brute_all)
+    for p, r, t in zip(p_all[:-1], r_all[:-1], t_all, strict=True):
+        assert (p, r) == pytest.approx(brute_all[float(t)])
+    assert any(brute_all[t] != pytest.approx(brute[t]) for t in brute if t in brute_all)
 
 
 def test_max_f_score_hand_example() -> None:
@@ -58,9 +65,25 @@ def test_max_f_score_matches_brute_force() -> None:
     y = np.concatenate([lab[m] > 0 for lab, m in zip(labels, masks, strict=True)])
     best = max(2 * p * r / (p + r) for p, r in _brute_pr(scores, y).values() if p + r > 0)
     assert max_f_score(probs, labels, masks).f_score == pytest.approx(best)
-    # stacked arrays are pooled the same way as lists
-    stacked = max_f_score(np.stack([probs[0], probs[0]]), np.stack([labels[0], labels[0]]))
-    assert stacked.f_score == pytest.approx(max_f_score(probs[0], labels[0]).f_score)
+    # stacked arrays are pooled the same way as lists: two different images of one shape
+    second_p, second_y = np.flipud(probs[0]) ** 2, 1.0 - labels[0]
+    stacked = max_f_score(np.stack([probs[0], second_p]), np.stack([labels[0], second_y]))
+    listed = max_f_score([probs[0], second_p], [labels[0], second_y])
+    pooled = _brute_pr(
+        np.concatenate([probs[0].ravel(), second_p.ravel()]),
+        np.concatenate([labels[0].ravel() > 0, second_y.ravel() > 0]),
+    )
+    best_pooled = max(2 * p * r / (p + r) for p, r in pooled.values() if p + r > 0)
+    assert stacked.f_score == pytest.approx(listed.f_score) == pytest.approx(best_pooled)
+    assert best_pooled != pytest.approx(max_f_score(probs[0], labels[0]).f_score)  # the second image counts
+
+
+def test_max_f_score_ties_go_to_the_highest_threshold() -> None:
+    # t=0.8: P=1, R=1/2, F=2/3; t=0.5: P=1/2, R=1/2, F=1/2; t=0.2: P=1/2, R=1, F=2/3 -> a tie, 0.8 wins
+    res = max_f_score(torch.tensor([0.8, 0.5, 0.2, 0.2]), torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    assert res.f_score == pytest.approx(2 / 3)
+    assert res.threshold == pytest.approx(0.8)
+    assert (res.precision, res.recall) == pytest.approx((1.0, 0.5))
 
 
 def test_sample_precision_recall_and_grader() -> None:

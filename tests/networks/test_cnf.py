@@ -201,10 +201,19 @@ def test_uniform_8bit_samples_are_integers_in_range_for_sr() -> None:
     y = torch.randint(0, 256, (2, 3, 8, 8)).float()
     bpd = model.bits_per_dim(y, x)
     assert bpd.shape == (2,) and bool((bpd > 0).all())
-    s = model.sample(x, num_samples=2, temperature=1.0)
+    # the 8-bit bound by hand: v = (y + u) / 256 with u ~ U[0, 1), log P(y) >= log p(v - offset) - D log 256
+    model = model.double().eval()
+    x, y = x.double(), y.double()
+    with torch.no_grad():
+        log_p = model.log_prob(y, x, generator=torch.Generator().manual_seed(5))
+        v = (y + torch.rand(y.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)) / 256
+        conds = model._conds(x)
+        by_hand = model.flow.log_prob(v - model._offset(x, conds), conds) - y[0].numel() * math.log(256)
+        torch.testing.assert_close(log_p, by_hand, atol=1e-9, rtol=0)
+    s = model.float().sample(x.float(), num_samples=2, temperature=1.0)
     assert s.shape == (2, 2, 3, 8, 8)
     assert torch.equal(s, s.round()) and s.min() >= 0 and s.max() <= 255
-    assert model(x).shape == (2, 3, 8, 8)
+    assert model(x.float()).shape == (2, 3, 8, 8)
 
 
 def test_importance_weighting_tightens_the_bound() -> None:

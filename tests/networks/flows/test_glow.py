@@ -85,9 +85,9 @@ def test_density_integrates_to_one(sd: int, perturb) -> None:
     """Importance-sampling estimate of the integral of p(y | h) over R^D for y of shape (1, 2, 2[, 2]) and L=1.
 
     Proposal: a 0.7/0.3 mixture of Gaussians with the model's own sample mean and covariance, scaled by 1.3 and 2.5
-    (defensive heavy component). With 200k draws the estimate's standard error is measured at ~0.3%, so the 3%
-    tolerance is > 8 standard errors while still catching a density that is off by 3% (e.g. a logdet missing a
-    0.03-nat term); the test also requires the standard error itself to be < 1%.
+    (defensive heavy component). With 200k draws the estimate's standard error is measured at ~0.3%; the estimate
+    must be within 5 of its own standard errors of 1 (about 1.5%: a logdet missing a 0.015-nat term fails), and the
+    standard error itself must be < 1%.
     """
     torch.manual_seed(0)
     flow = ConditionalGlow(sd, 1, [3], num_levels=1, num_steps=2, hidden_channels=8, coupling="affine").double()
@@ -109,7 +109,7 @@ def test_density_integrates_to_one(sd: int, perturb) -> None:
         w = torch.exp(log_p - log_q)
     estimate, stderr = w.mean().item(), (w.std() / math.sqrt(n)).item()
     assert stderr < 0.01
-    assert abs(estimate - 1.0) < 0.03, (estimate, stderr)
+    assert abs(estimate - 1.0) < 5 * stderr, (estimate, stderr)
 
 
 @pytest.mark.parametrize("sd", [2, 3])

@@ -261,9 +261,15 @@ def test_actnorm_data_dependent_init(sd: int) -> None:
     assert bool(fresh.initialized)
 
 
-def test_invconv_lu_weight_is_orthogonal_at_init_and_inverse_is_exact() -> None:
+def test_invconv_lu_weight_is_orthogonal_at_init_and_inverse_is_exact(perturb) -> None:
     layer = InvConv(6, 2).double()
     w = layer.weight_matrix()
     torch.testing.assert_close(w @ w.T, torch.eye(6, dtype=torch.float64), atol=1e-6, rtol=0)
+    # after training-like changes the weight is no longer orthogonal (so w.T is not its inverse) and its logdet
+    # is not 0: the LU inverse and logdet must still be exact
+    perturb(layer, std=0.3, seed=3)
+    w = layer.weight_matrix().detach()
+    assert (w @ w.T - torch.eye(6, dtype=torch.float64)).abs().max() > 1e-2
+    assert abs(float(torch.linalg.slogdet(w)[1])) > 1e-2
     torch.testing.assert_close(layer.inverse_matrix() @ w, torch.eye(6, dtype=torch.float64), atol=1e-12, rtol=0)
     torch.testing.assert_close(layer.log_abs_det(), torch.linalg.slogdet(w)[1], atol=1e-12, rtol=0)
