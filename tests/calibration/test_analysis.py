@@ -24,6 +24,7 @@ from monai_cnf.metrics import (
     hungarian_matched_iou,
     max_f_score,
     psnr_y,
+    sample_precision_recall,
     ssim_y,
 )
 
@@ -114,6 +115,27 @@ def test_analyse_segmentation_plots_and_metrics(tmp_path: Path) -> None:
     assert m["cnf/ged"] == pytest.approx(ged)
     assert m["cnf/hm_iou"] == pytest.approx(hm)
     assert m["cnf/bits_per_dim"] == pytest.approx(0.06)
+    # the remaining metrics, each against its function applied directly (not only their ranges)
+    assert m["cnf/ece"] == pytest.approx(expected_calibration_error(cnf_means, refs, masks, num_bins=5))
+    fac_samples = [c.samples["factored"] for c in cases]
+    ged_f = np.mean(
+        [generalized_energy_distance(s, a, c.mask) for s, a, c in zip(fac_samples, annot, cases, strict=True)]
+    )
+    hm_f = np.mean([hungarian_matched_iou(s, a, c.mask) for s, a, c in zip(fac_samples, annot, cases, strict=True)])
+    assert m["factored/ged"] == pytest.approx(ged_f)
+    assert m["factored/hm_iou"] == pytest.approx(hm_f)
+    for model, maps in (("cnf", cnf_means), ("factored", fac_maps)):
+        best = max_f_score(maps, refs, masks)
+        assert (m[f"{model}/max_f_precision"], m[f"{model}/max_f_recall"]) == pytest.approx(
+            (best.precision, best.recall)
+        )
+        pts = np.concatenate(
+            [sample_precision_recall(c.samples[model], r, c.mask) for c, r in zip(cases, refs, strict=True)]
+        )
+        f = 2 * pts[:, 0] * pts[:, 1] / np.maximum(pts[:, 0] + pts[:, 1], 1e-300)
+        assert (m[f"{model}/sample_precision"], m[f"{model}/sample_recall"]) == pytest.approx(tuple(pts.mean(0)))
+        assert m[f"{model}/sample_f"] == pytest.approx(f.mean())
+    assert m["cnf/sample_precision"] != pytest.approx(m["factored/sample_precision"])  # the two models differ
     # 2nd observer pooled over images, counted by hand
     tp = sum(np.sum(a[1] & a[0] & c.mask) for a, c in zip(annot, cases, strict=True))
     pp = sum(np.sum(a[1] & c.mask) for a, c in zip(annot, cases, strict=True))
