@@ -44,7 +44,8 @@ def test_traced_export_is_the_deterministic_forward_at_its_size(bundle: str, tmp
     x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(traced(x), network(x), rtol=0, atol=0)
     bigger = torch.rand(*shape[:2], *(2 * s for s in shape[2:]))
-    with pytest.raises(RuntimeError):  # another size: the recorded reshapes no longer fit
+    # another size: the recorded sizes no longer fit ("The size of tensor a (32) must match the size of tensor b (16)")
+    with pytest.raises(RuntimeError, match=r"size of tensor a \(\d+\) must match the size of tensor b"):
         traced(bigger)
 
 
